@@ -1,0 +1,928 @@
+//! The command table the router consults: for every command name the server knows, where its keys
+//! are and the few flags routing needs.
+//!
+//! Built from the server's own `COMMAND` reply when the module loads (and again whenever another
+//! module loads or unloads), so module commands and future commands are routed with the key
+//! positions the server itself declares. Looking a name up costs one case-insensitive hash probe;
+//! finding the keys of a command costs a few integer operations for every command whose keys sit
+//! at fixed positions (`GET`, `MSET`, `HSET` ...) or behind a `numkeys` argument (`EVALSHA`,
+//! `FCALL`, `ZUNIONSTORE` ...). Only the rest (keyword-driven key positions such as `XREAD ...
+//! STREAMS`, `SORT ... STORE`, `MIGRATE`, and module commands with a key callback) asks the server.
+//!
+//! The rules mirror what a native cluster node uses in redis 7.0 (`getKeysFromCommand()`): the
+//! legacy (first, last, step) range for ordinary commands, the command's key-finding procedure
+//! for commands with movable keys.
+
+use crate::resp::Value;
+
+/// Routing-relevant command flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CmdFlags(u16);
+
+impl CmdFlags {
+    /// The command writes (`write` flag).
+    pub const WRITE: CmdFlags = CmdFlags(1);
+    /// The command may replicate something although it is not a write (`may_replicate`).
+    pub const MAY_REPLICATE: CmdFlags = CmdFlags(1 << 1);
+    /// The command is served in an importing slot without `ASKING` (`asking` flag, RESTORE-ASKING).
+    pub const ASKING: CmdFlags = CmdFlags(1 << 2);
+    /// Sharded pub/sub: channels are routed like keys, but never checked for existence.
+    pub const PUBSUB_SHARD: CmdFlags = CmdFlags(1 << 3);
+    /// `MIGRATE` runs locally whenever its slot is migrating or importing (native rule).
+    pub const MIGRATE: CmdFlags = CmdFlags(1 << 4);
+
+    pub const fn empty() -> CmdFlags {
+        CmdFlags(0)
+    }
+    pub const fn contains(self, other: CmdFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub const fn union(self, other: CmdFlags) -> CmdFlags {
+        CmdFlags(self.0 | other.0)
+    }
+}
+
+/// Commands whose meaning the module takes over or must observe, instead of only routing them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Routed by its keys; nothing else.
+    Plain,
+    /// `ASKING`, `READONLY`, `READWRITE`, `CLUSTER`: the server answers these only in cluster
+    /// mode, so the filter hands them to the module's own commands.
+    Asking,
+    ReadOnly,
+    ReadWrite,
+    Cluster,
+    /// Transaction boundaries and `RESET`: the router tracks per-connection transaction state.
+    Multi,
+    Exec,
+    Discard,
+    Reset,
+}
+
+/// Where a command's keys are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPlan {
+    /// No keys.
+    None,
+    /// `first..=last` by `step`; a negative `last` counts from the end (`-1` = last argument).
+    /// Any position past the arguments means "no keys" (the command will fail its own checks).
+    Legacy { first: i32, last: i32, step: i32 },
+    /// Key specifications evaluated inline (index begin-search with a range or numkeys find).
+    Specs(Box<[Spec]>),
+    /// Ask the server (keyword searches, incomplete specs, module key callbacks).
+    Server,
+}
+
+/// One key specification of the simple kinds the router evaluates itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spec {
+    /// Keys from `index` to `index + lastkey` (or to the end, with a negative `lastkey`).
+    Range {
+        index: i32,
+        lastkey: i32,
+        keystep: i32,
+        limit: i32,
+    },
+    /// The number of keys is at `index + keynumidx`; keys start at `index + firstkey`.
+    KeyNum {
+        index: i32,
+        keynumidx: i32,
+        firstkey: i32,
+        keystep: i32,
+    },
+}
+
+/// What the router knows about one command (or subcommand).
+#[derive(Clone, Debug)]
+pub struct CommandEntry {
+    pub name: Box<[u8]>,
+    pub arity: i32,
+    pub flags: CmdFlags,
+    pub role: Role,
+    pub keys: KeyPlan,
+    /// For container commands (`XINFO`, `OBJECT` ...): the subcommands, by the name after `|`.
+    pub subcommands: Option<Box<NameMap<CommandEntry>>>,
+}
+
+impl CommandEntry {
+    /// Whether `argc` arguments (command name included) satisfy the arity. A command with the wrong
+    /// arity is left alone: the server rejects it before it can touch a key.
+    #[inline]
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        let arity = self.arity as i64;
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+}
+
+/// Up to [`MAX_RANGES`] position ranges: the keys of one command, found without allocating.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyRanges {
+    ranges: [(u32, u32, u32); MAX_RANGES],
+    len: usize,
+}
+
+/// A command with more key specifications than this asks the server for its keys.
+pub const MAX_RANGES: usize = 4;
+
+impl KeyRanges {
+    fn push(&mut self, first: u32, last: u32, step: u32) -> bool {
+        if self.len == MAX_RANGES {
+            return false;
+        }
+        self.ranges[self.len] = (first, last, step.max(1));
+        self.len += 1;
+        true
+    }
+
+    /// The key positions, in order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ranges[..self.len]
+            .iter()
+            .flat_map(|&(first, last, step)| (first..=last).step_by(step as usize))
+            .map(|p| p as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The keys of one command invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    None,
+    At(KeyRanges),
+    /// The server must be asked (`RedisModule_GetCommandKeysWithFlags`).
+    AskServer,
+}
+
+impl KeyPlan {
+    /// Finds the keys of a command with `argc` arguments; `arg_int(i)` parses argument `i` as
+    /// an integer the way the server does (needed only to read a `numkeys` argument).
+    #[inline]
+    pub fn keys(&self, argc: usize, arg_int: impl Fn(usize) -> Option<i64>) -> Keys {
+        match self {
+            KeyPlan::None => Keys::None,
+            KeyPlan::Server => Keys::AskServer,
+            KeyPlan::Legacy { first, last, step } => legacy_keys(*first, *last, *step, argc),
+            KeyPlan::Specs(specs) => spec_keys(specs, argc, arg_int),
+        }
+    }
+}
+
+#[inline]
+fn legacy_keys(first: i32, last: i32, step: i32, argc: usize) -> Keys {
+    let argc = argc as i64;
+    let first = first as i64;
+    if first <= 0 {
+        return Keys::None;
+    }
+    let last = if last < 0 {
+        argc + last as i64
+    } else {
+        last as i64
+    };
+    if last < first {
+        return Keys::None;
+    }
+    // Native: a position past the arguments means the command is malformed: no keys.
+    if last >= argc {
+        return Keys::None;
+    }
+    let mut ranges = KeyRanges::default();
+    ranges.push(first as u32, last as u32, step.max(1) as u32);
+    Keys::At(ranges)
+}
+
+fn spec_keys(specs: &[Spec], argc: usize, arg_int: impl Fn(usize) -> Option<i64>) -> Keys {
+    let argc = argc as i64;
+    let mut ranges = KeyRanges::default();
+    for spec in specs {
+        let (first, last, step) = match *spec {
+            Spec::Range {
+                index,
+                lastkey,
+                keystep,
+                limit,
+            } => {
+                let first = index as i64;
+                let last = if lastkey >= 0 {
+                    first + lastkey as i64
+                } else if limit == 0 {
+                    argc + lastkey as i64
+                } else {
+                    first + ((argc - first) / limit as i64 + lastkey as i64)
+                };
+                (first, last, keystep as i64)
+            }
+            Spec::KeyNum {
+                index,
+                keynumidx,
+                firstkey,
+                keystep,
+            } => {
+                let at = index as i64 + keynumidx as i64;
+                if at < 1 || at >= argc {
+                    return Keys::None;
+                }
+                let numkeys = match arg_int(at as usize) {
+                    Some(n) if n > 0 => n,
+                    // numkeys 0, negative or unparsable: the command has no keys (and will fail
+                    // its own checks if the number is invalid), as natively.
+                    _ => return Keys::None,
+                };
+                let first = index as i64 + firstkey as i64;
+                (first, first.saturating_add(numkeys - 1), keystep as i64)
+            }
+        };
+        if first < 1 || last >= argc || last < first {
+            // Out of bounds: a syntax error the command itself reports. Like the server's key
+            // procedures, treat the whole command as keyless.
+            return Keys::None;
+        }
+        if !ranges.push(first as u32, last as u32, step.max(1) as u32) {
+            return Keys::AskServer;
+        }
+    }
+    if ranges.is_empty() {
+        Keys::None
+    } else {
+        Keys::At(ranges)
+    }
+}
+
+/// Parses a decimal integer the way the server's `string2ll` does: no spaces, no `+`, no leading
+/// zeros (except "0").
+pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let (neg, digits) = match bytes[0] {
+        b'-' => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// A small open-addressing hash map from case-insensitive ASCII names to values.
+///
+/// Lookups hash the name while lower-casing it, so the filter needs no buffer and no allocation.
+#[derive(Clone, Debug)]
+pub struct NameMap<T> {
+    slots: Vec<Option<(Box<[u8]>, T)>>,
+    mask: usize,
+    len: usize,
+}
+
+impl<T> Default for NameMap<T> {
+    fn default() -> Self {
+        NameMap::with_capacity(8)
+    }
+}
+
+#[inline]
+fn name_hash(name: &[u8]) -> usize {
+    // FNV-1a over the lower-cased bytes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name {
+        h ^= b.to_ascii_lowercase() as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h ^ (h >> 29)) as usize
+}
+
+impl<T> NameMap<T> {
+    pub fn with_capacity(n: usize) -> NameMap<T> {
+        let size = (n * 2).next_power_of_two().max(8);
+        NameMap {
+            slots: (0..size).map(|_| None).collect(),
+            mask: size - 1,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Inserts or replaces the value for `name` (stored lower-case).
+    pub fn insert(&mut self, name: &[u8], value: T) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let lower: Box<[u8]> = name.to_ascii_lowercase().into_boxed_slice();
+        let mut i = name_hash(&lower) & self.mask;
+        loop {
+            match &mut self.slots[i] {
+                Some((k, v)) if **k == *lower => {
+                    *v = value;
+                    return;
+                }
+                Some(_) => i = (i + 1) & self.mask,
+                empty @ None => {
+                    *empty = Some((lower, value));
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        let size = (old.len() * 2).max(8);
+        self.slots = (0..size).map(|_| None).collect();
+        self.mask = size - 1;
+        self.len = 0;
+        for (k, v) in old.into_iter().flatten() {
+            self.insert(&k, v);
+        }
+    }
+
+    /// Finds `name`, ignoring ASCII case.
+    #[inline]
+    pub fn get(&self, name: &[u8]) -> Option<&T> {
+        let mut i = name_hash(name) & self.mask;
+        loop {
+            match &self.slots[i] {
+                Some((k, v)) => {
+                    if k.len() == name.len() && k.eq_ignore_ascii_case(name) {
+                        return Some(v);
+                    }
+                    i = (i + 1) & self.mask;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().flatten().map(|(_, v)| v)
+    }
+}
+
+/// The whole table: every command the server knows.
+#[derive(Clone, Debug, Default)]
+pub struct CommandTable {
+    commands: NameMap<CommandEntry>,
+}
+
+impl CommandTable {
+    /// Builds the table from the reply of `COMMAND` (RESP2 or RESP3 form).
+    pub fn from_command_reply(reply: &Value) -> Result<CommandTable, String> {
+        let items = reply
+            .as_array()
+            .ok_or_else(|| "COMMAND reply is not an array".to_string())?;
+        let mut commands = NameMap::with_capacity(items.len());
+        for item in items {
+            let entry = parse_entry(item)?;
+            let name = entry.name.clone();
+            commands.insert(&name, entry);
+        }
+        Ok(CommandTable { commands })
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Finds a command (or container command) by name, ignoring ASCII case.
+    #[inline]
+    pub fn get(&self, name: &[u8]) -> Option<&CommandEntry> {
+        self.commands.get(name)
+    }
+
+    /// Resolves a command from its first two arguments, as the server's `lookupCommand()` does:
+    /// a container command with a subcommand argument resolves to the subcommand.
+    #[inline]
+    pub fn lookup(&self, name: &[u8], second: Option<&[u8]>) -> Option<&CommandEntry> {
+        let entry = self.commands.get(name)?;
+        match (&entry.subcommands, second) {
+            (Some(subs), Some(sub)) => subs.get(sub),
+            _ => Some(entry),
+        }
+    }
+
+    /// Whether `name` is a container command (its entry has subcommands).
+    #[inline]
+    pub fn is_container(&self, name: &[u8]) -> bool {
+        self.commands
+            .get(name)
+            .is_some_and(|e| e.subcommands.is_some())
+    }
+}
+
+fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
+    let fields = item
+        .as_array()
+        .ok_or_else(|| "COMMAND entry is not an array".to_string())?;
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .ok_or_else(|| format!("COMMAND entry has no field {i}"))
+    };
+    let full_name = get(0)?
+        .as_bytes()
+        .ok_or_else(|| "COMMAND entry name is not a string".to_string())?
+        .to_ascii_lowercase();
+    let arity = get(1)?.as_int().ok_or("COMMAND arity is not an integer")? as i32;
+    let flag_names: Vec<&str> = get(2)?
+        .as_array()
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    let has_flag = |name: &str| flag_names.iter().any(|f| f.eq_ignore_ascii_case(name));
+    let first = get(3)?.as_int().unwrap_or(0) as i32;
+    let last = get(4)?.as_int().unwrap_or(0) as i32;
+    let step = get(5)?.as_int().unwrap_or(0) as i32;
+
+    // A subcommand's own name is the part after `|` ("xinfo|stream" -> "stream").
+    let short_name: Vec<u8> = match full_name.iter().position(|&b| b == b'|') {
+        Some(bar) => full_name[bar + 1..].to_vec(),
+        None => full_name.clone(),
+    };
+
+    let mut flags = CmdFlags::empty();
+    if has_flag("write") {
+        flags = flags.union(CmdFlags::WRITE);
+    }
+    if has_flag("may_replicate") {
+        flags = flags.union(CmdFlags::MAY_REPLICATE);
+    }
+    if has_flag("asking") {
+        flags = flags.union(CmdFlags::ASKING);
+    }
+    match full_name.as_slice() {
+        b"ssubscribe" | b"sunsubscribe" | b"spublish" => {
+            flags = flags.union(CmdFlags::PUBSUB_SHARD)
+        }
+        b"migrate" => flags = flags.union(CmdFlags::MIGRATE),
+        _ => {}
+    }
+
+    let keys = if has_flag("movablekeys") {
+        if has_flag("module") {
+            // A module's key callback or key specs: only the server knows how it resolves them.
+            KeyPlan::Server
+        } else {
+            simple_specs(fields.get(8)).map_or(KeyPlan::Server, KeyPlan::Specs)
+        }
+    } else if first > 0 {
+        KeyPlan::Legacy { first, last, step }
+    } else {
+        KeyPlan::None
+    };
+
+    let role = match full_name.as_slice() {
+        b"asking" => Role::Asking,
+        b"readonly" => Role::ReadOnly,
+        b"readwrite" => Role::ReadWrite,
+        b"cluster" => Role::Cluster,
+        b"multi" => Role::Multi,
+        b"exec" => Role::Exec,
+        b"discard" => Role::Discard,
+        b"reset" => Role::Reset,
+        _ => Role::Plain,
+    };
+
+    let subcommands = match fields.get(9).and_then(|v| v.as_array()) {
+        Some(subs) if !subs.is_empty() => {
+            let mut map = NameMap::with_capacity(subs.len());
+            for sub in subs {
+                let entry = parse_entry(sub)?;
+                let name = entry.name.clone();
+                map.insert(&name, entry);
+            }
+            Some(Box::new(map))
+        }
+        _ => None,
+    };
+
+    Ok(CommandEntry {
+        name: short_name.into_boxed_slice(),
+        arity,
+        flags,
+        role,
+        keys,
+        subcommands,
+    })
+}
+
+/// Reads a command's key specs when every one of them is of a kind the router evaluates inline:
+/// an `index` begin-search with a `range` or `keynum` find, and no flag saying the spec is
+/// incomplete, has variable flags, or is not a key.
+fn simple_specs(specs: Option<&Value>) -> Option<Box<[Spec]>> {
+    let specs = specs?.as_array()?;
+    if specs.is_empty() || specs.len() > MAX_RANGES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let flags = spec.field("flags")?.as_array()?;
+        if flags.iter().any(|f| {
+            matches!(
+                f.as_str().map(|s| s.to_ascii_uppercase()).as_deref(),
+                Some("INCOMPLETE" | "VARIABLE_FLAGS" | "NOT_KEY")
+            )
+        }) {
+            return None;
+        }
+        let bs = spec.field("begin_search")?;
+        if bs.field("type")?.as_str()? != "index" {
+            return None;
+        }
+        let index = int_field(bs.field("spec")?, "index")?;
+        let fk = spec.field("find_keys")?;
+        let fk_spec = fk.field("spec")?;
+        out.push(match fk.field("type")?.as_str()? {
+            "range" => Spec::Range {
+                index,
+                lastkey: int_field(fk_spec, "lastkey")?,
+                keystep: int_field(fk_spec, "keystep")?,
+                limit: int_field(fk_spec, "limit")?,
+            },
+            "keynum" => Spec::KeyNum {
+                index,
+                keynumidx: int_field(fk_spec, "keynumidx")?,
+                firstkey: int_field(fk_spec, "firstkey")?,
+                keystep: int_field(fk_spec, "keystep")?,
+            },
+            _ => return None,
+        });
+    }
+    Some(out.into_boxed_slice())
+}
+
+fn int_field(v: &Value, name: &str) -> Option<i32> {
+    let n = v.field(name)?.as_int()?;
+    i32::try_from(n).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(s.as_bytes().to_vec())
+    }
+    fn simple(s: &str) -> Value {
+        Value::Simple(s.to_string())
+    }
+    fn arr(v: Vec<Value>) -> Value {
+        Value::Array(v)
+    }
+    fn int(i: i64) -> Value {
+        Value::Int(i)
+    }
+
+    fn range_spec(index: i64, lastkey: i64, keystep: i64, limit: i64) -> Value {
+        arr(vec![
+            bulk("flags"),
+            arr(vec![simple("RW")]),
+            bulk("begin_search"),
+            arr(vec![
+                bulk("type"),
+                bulk("index"),
+                bulk("spec"),
+                arr(vec![bulk("index"), int(index)]),
+            ]),
+            bulk("find_keys"),
+            arr(vec![
+                bulk("type"),
+                bulk("range"),
+                bulk("spec"),
+                arr(vec![
+                    bulk("lastkey"),
+                    int(lastkey),
+                    bulk("keystep"),
+                    int(keystep),
+                    bulk("limit"),
+                    int(limit),
+                ]),
+            ]),
+        ])
+    }
+
+    fn keynum_spec(index: i64, keynumidx: i64, firstkey: i64) -> Value {
+        arr(vec![
+            bulk("flags"),
+            arr(vec![simple("RW")]),
+            bulk("begin_search"),
+            arr(vec![
+                bulk("type"),
+                bulk("index"),
+                bulk("spec"),
+                arr(vec![bulk("index"), int(index)]),
+            ]),
+            bulk("find_keys"),
+            arr(vec![
+                bulk("type"),
+                bulk("keynum"),
+                bulk("spec"),
+                arr(vec![
+                    bulk("keynumidx"),
+                    int(keynumidx),
+                    bulk("firstkey"),
+                    int(firstkey),
+                    bulk("keystep"),
+                    int(1),
+                ]),
+            ]),
+        ])
+    }
+
+    fn keyword_spec() -> Value {
+        arr(vec![
+            bulk("flags"),
+            arr(vec![simple("RO")]),
+            bulk("begin_search"),
+            arr(vec![
+                bulk("type"),
+                bulk("keyword"),
+                bulk("spec"),
+                arr(vec![]),
+            ]),
+            bulk("find_keys"),
+            arr(vec![bulk("type"), bulk("range"), bulk("spec"), arr(vec![])]),
+        ])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        name: &str,
+        arity: i64,
+        flags: &[&str],
+        first: i64,
+        last: i64,
+        step: i64,
+        specs: Vec<Value>,
+        subs: Vec<Value>,
+    ) -> Value {
+        arr(vec![
+            bulk(name),
+            int(arity),
+            arr(flags.iter().map(|f| simple(f)).collect()),
+            int(first),
+            int(last),
+            int(step),
+            arr(vec![]),
+            arr(vec![]),
+            arr(specs),
+            arr(subs),
+        ])
+    }
+
+    fn table() -> CommandTable {
+        let reply = arr(vec![
+            entry(
+                "get",
+                2,
+                &["readonly", "fast"],
+                1,
+                1,
+                1,
+                vec![range_spec(1, 0, 1, 0)],
+                vec![],
+            ),
+            entry(
+                "mset",
+                -3,
+                &["write", "denyoom"],
+                1,
+                -1,
+                2,
+                vec![range_spec(1, -1, 2, 0)],
+                vec![],
+            ),
+            entry(
+                "evalsha",
+                -3,
+                &["noscript", "movablekeys", "may_replicate"],
+                0,
+                0,
+                0,
+                vec![keynum_spec(2, 0, 1)],
+                vec![],
+            ),
+            entry(
+                "zunionstore",
+                -4,
+                &["write", "movablekeys"],
+                1,
+                1,
+                1,
+                vec![range_spec(1, 0, 1, 0), keynum_spec(2, 0, 1)],
+                vec![],
+            ),
+            entry(
+                "xread",
+                -4,
+                &["readonly", "movablekeys"],
+                0,
+                0,
+                0,
+                vec![keyword_spec()],
+                vec![],
+            ),
+            entry(
+                "mod.cmd",
+                -2,
+                &["module", "movablekeys"],
+                1,
+                1,
+                1,
+                vec![],
+                vec![],
+            ),
+            entry("ping", -1, &["fast"], 0, 0, 0, vec![], vec![]),
+            entry("spublish", 3, &["pubsub"], 1, 1, 1, vec![], vec![]),
+            entry(
+                "restore-asking",
+                -4,
+                &["write", "asking"],
+                1,
+                1,
+                1,
+                vec![],
+                vec![],
+            ),
+            entry(
+                "xinfo",
+                -2,
+                &[],
+                0,
+                0,
+                0,
+                vec![],
+                vec![entry(
+                    "xinfo|stream",
+                    -3,
+                    &["readonly"],
+                    2,
+                    2,
+                    1,
+                    vec![],
+                    vec![],
+                )],
+            ),
+            entry("cluster", -2, &[], 0, 0, 0, vec![], vec![]),
+        ]);
+        CommandTable::from_command_reply(&reply).unwrap()
+    }
+
+    fn keys_of(t: &CommandTable, args: &[&str]) -> Option<Vec<usize>> {
+        let e = t.lookup(args[0].as_bytes(), args.get(1).map(|s| s.as_bytes()))?;
+        match e
+            .keys
+            .keys(args.len(), |i| parse_strict_i64(args[i].as_bytes()))
+        {
+            Keys::None => Some(vec![]),
+            Keys::At(r) => Some(r.positions().collect()),
+            Keys::AskServer => None,
+        }
+    }
+
+    #[test]
+    fn lookup_ignores_case_and_resolves_subcommands() {
+        let t = table();
+        assert_eq!(&*t.lookup(b"GeT", None).unwrap().name, b"get");
+        assert_eq!(
+            &*t.lookup(b"XINFO", Some(b"Stream")).unwrap().name,
+            b"stream"
+        );
+        assert!(t.lookup(b"xinfo", Some(b"nope")).is_none());
+        assert_eq!(&*t.lookup(b"xinfo", None).unwrap().name, b"xinfo");
+        assert!(t.lookup(b"nosuch", None).is_none());
+        assert_eq!(
+            t.lookup(b"CLUSTER", Some(b"nodes")).unwrap().role,
+            Role::Cluster
+        );
+        assert!(t.is_container(b"xinfo"));
+    }
+
+    #[test]
+    fn fixed_position_keys_use_the_legacy_range() {
+        let t = table();
+        assert_eq!(keys_of(&t, &["get", "k"]), Some(vec![1]));
+        assert_eq!(keys_of(&t, &["mset", "a", "1", "b", "2"]), Some(vec![1, 3]));
+        assert_eq!(keys_of(&t, &["XINFO", "STREAM", "s"]), Some(vec![2]));
+        assert_eq!(keys_of(&t, &["ping"]), Some(vec![]));
+        assert_eq!(keys_of(&t, &["spublish", "ch", "msg"]), Some(vec![1]));
+        // Malformed: position past the arguments means no keys.
+        assert_eq!(keys_of(&t, &["get"]), Some(vec![]));
+    }
+
+    #[test]
+    fn numkeys_commands_are_evaluated_inline() {
+        let t = table();
+        assert_eq!(
+            keys_of(&t, &["evalsha", "abc", "2", "k1", "k2", "arg"]),
+            Some(vec![3, 4])
+        );
+        assert_eq!(keys_of(&t, &["evalsha", "abc", "0"]), Some(vec![]));
+        assert_eq!(keys_of(&t, &["evalsha", "abc", "5", "k1"]), Some(vec![]));
+        assert_eq!(keys_of(&t, &["evalsha", "abc", "-1", "k1"]), Some(vec![]));
+        assert_eq!(keys_of(&t, &["evalsha", "abc", "01", "k1"]), Some(vec![]));
+        assert_eq!(
+            keys_of(
+                &t,
+                &["zunionstore", "d", "2", "a", "b", "WEIGHTS", "1", "2"]
+            ),
+            Some(vec![1, 3, 4])
+        );
+    }
+
+    #[test]
+    fn keyword_and_module_commands_ask_the_server() {
+        let t = table();
+        assert_eq!(keys_of(&t, &["xread", "STREAMS", "s", "0"]), None);
+        assert_eq!(keys_of(&t, &["mod.cmd", "k"]), None);
+    }
+
+    #[test]
+    fn flags_and_roles_are_recorded() {
+        let t = table();
+        assert!(t
+            .lookup(b"mset", None)
+            .unwrap()
+            .flags
+            .contains(CmdFlags::WRITE));
+        assert!(t
+            .lookup(b"spublish", None)
+            .unwrap()
+            .flags
+            .contains(CmdFlags::PUBSUB_SHARD));
+        assert!(t
+            .lookup(b"restore-asking", None)
+            .unwrap()
+            .flags
+            .contains(CmdFlags::ASKING));
+        assert!(t
+            .lookup(b"evalsha", None)
+            .unwrap()
+            .flags
+            .contains(CmdFlags::MAY_REPLICATE));
+        assert!(t.lookup(b"get", None).unwrap().arity_ok(2));
+        assert!(!t.lookup(b"get", None).unwrap().arity_ok(3));
+        assert!(t.lookup(b"mset", None).unwrap().arity_ok(5));
+        assert!(!t.lookup(b"mset", None).unwrap().arity_ok(2));
+    }
+
+    #[test]
+    fn strict_integers_match_the_server() {
+        assert_eq!(parse_strict_i64(b"12"), Some(12));
+        assert_eq!(parse_strict_i64(b"-3"), Some(-3));
+        assert_eq!(parse_strict_i64(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b" 1",
+            b"01",
+            b"-0",
+            b"1a",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_strict_i64(bad), None);
+        }
+    }
+
+    #[test]
+    fn name_map_grows_and_keeps_everything() {
+        let mut m = NameMap::with_capacity(1);
+        for i in 0..500 {
+            m.insert(format!("Cmd{i}").as_bytes(), i);
+        }
+        assert_eq!(m.len(), 500);
+        for i in 0..500 {
+            assert_eq!(m.get(format!("CMD{i}").as_bytes()), Some(&i));
+        }
+        m.insert(b"cmd7", 70);
+        assert_eq!(m.get(b"Cmd7"), Some(&70));
+        assert_eq!(m.len(), 500);
+    }
+}

@@ -1,0 +1,32 @@
+//! The module's own commands, one family per file:
+//! - [`umctl`]: `UMCTL SETCLUSTER|SETREPL|GETEPOCH|READY|INFOMGR|INFOREPL|LISTCLUSTER` (and the
+//!   `UMCTL.X` spellings), the control plane's interface;
+//! - [`cluster`]: `CLUSTER ...`, answered by the module because the server runs without
+//!   `cluster-enabled`;
+//! - [`connection`]: `ASKING`, `READONLY`, `READWRITE`.
+//!
+//! Handlers take the arguments and the state and return a [`Reply`](crate::reply::Reply); what
+//! they need from the running server comes through [`Server`], so they are tested without one.
+
+pub mod cluster;
+pub mod connection;
+pub mod umctl;
+
+/// What command handlers need to ask the running server.
+pub trait Server {
+    /// The ports this server listens on (`port`, `tls-port`; 0 when disabled).
+    fn listening_ports(&self) -> Vec<u16>;
+    /// This node's replication offset.
+    fn repl_offset(&self) -> i64;
+    /// Up to `max` keys of `slot` in the caller's database, and how many keys the slot has.
+    fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>);
+}
+
+/// The first listening port that is not 0 (for displaying an unconfigured node).
+pub fn main_port(server: &dyn Server) -> u16 {
+    server
+        .listening_ports()
+        .into_iter()
+        .find(|&p| p != 0)
+        .unwrap_or(0)
+}

@@ -1,0 +1,257 @@
+//! Which connection is the command filter looking at?
+//!
+//! Redis 7.0's command filter receives the arguments only, not the client. Routing needs the
+//! client for the rules a native cluster node applies per connection: `ASKING` is one-shot per
+//! connection, `READONLY` is per connection, a redirect inside `MULTI` must abort the transaction,
+//! and commands from this replica's master must never be redirected (`mustObeyClient()`).
+//!
+//! The server knows the client it is executing: `server.current_client`, a field of the exported
+//! global `server` (redis-server is linked with `-rdynamic`). Its offset differs between builds,
+//! so the module finds it at run time instead of assuming a layout, with two facts that every
+//! redis version from 6.2 to 8 keeps:
+//! - a module command's context starts `{ getapifuncptr, module, client }`, so inside one of our
+//!   commands the calling client's address is known, and
+//! - a client struct starts `{ uint64_t id, uint64_t flags }` (7.0 and later), checked against
+//!   `RedisModule_GetClientId` before anything is trusted.
+//!
+//! Calibration compares words of the `server` struct (its exact size comes from the dynamic
+//! symbol table) with the calling client's address, without dereferencing anything. If several
+//! words match (7.2 keeps `executing_client` next to `current_client`), a nested call through
+//! `RedisModule_Call` tells them apart: only `current_client` still names the caller inside it.
+//! The offset is used only when exactly one candidate survives, and every later call of one of our
+//! commands re-checks it; a mismatch switches identity off (the filter then takes its
+//! conservative branches) and logs why.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use redis_module::raw;
+
+/// Client flag bits (identical in redis 7.0 to 8.x `server.h`).
+pub mod flags {
+    pub const MASTER: u64 = 1 << 1;
+    pub const MULTI: u64 = 1 << 3;
+    /// The fake client running a script's `redis.call`.
+    pub const SCRIPT: u64 = 1 << 8;
+    /// The fake client of a module's `RedisModule_Call`.
+    pub const MODULE: u64 = 1 << 27;
+}
+
+/// `CLIENT_ID_AOF`: the fake client replaying the AOF.
+const AOF_CLIENT_ID: u64 = u64::MAX;
+
+const UNKNOWN: usize = usize::MAX;
+
+static SERVER_BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static SERVER_SIZE: AtomicUsize = AtomicUsize::new(0);
+static CURRENT_CLIENT_OFFSET: AtomicUsize = AtomicUsize::new(UNKNOWN);
+
+/// The client whose command is being filtered, as far as the filter can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Identity is not available (not calibrated yet, or calibration failed).
+    Unknown,
+    /// No client: a module call from a timer or thread. Never redirected.
+    Internal,
+    Client {
+        id: u64,
+        flags: u64,
+    },
+}
+
+impl Caller {
+    /// The master link or the AOF: the server must obey it, whatever the slot table says.
+    pub fn must_obey(self) -> bool {
+        match self {
+            Caller::Client { id, flags } => id == AOF_CLIENT_ID || flags & flags::MASTER != 0,
+            Caller::Internal => true,
+            Caller::Unknown => false,
+        }
+    }
+
+    pub fn in_multi(self) -> bool {
+        matches!(self, Caller::Client { flags, .. } if flags & flags::MULTI != 0)
+    }
+
+    pub fn id(self) -> Option<u64> {
+        match self {
+            Caller::Client { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the filter can identify clients.
+pub fn identity_available() -> bool {
+    CURRENT_CLIENT_OFFSET.load(Ordering::Relaxed) != UNKNOWN
+}
+
+/// The client currently executing a command, read from `server.current_client`.
+#[inline]
+pub fn current() -> Caller {
+    let offset = CURRENT_CLIENT_OFFSET.load(Ordering::Relaxed);
+    if offset == UNKNOWN {
+        return Caller::Unknown;
+    }
+    let base = SERVER_BASE.load(Ordering::Relaxed);
+    // SAFETY: `offset` was verified to lie inside the `server` symbol and to hold
+    // `current_client`, which the server sets to a live client (or NULL) around every command.
+    unsafe {
+        let client = std::ptr::read(base.add(offset) as *const *const u64);
+        if client.is_null() {
+            return Caller::Internal;
+        }
+        Caller::Client {
+            id: std::ptr::read(client),
+            flags: std::ptr::read(client.add(1)),
+        }
+    }
+}
+
+/// Locates the `server` symbol and its size. Returns false (and identity stays off) if the
+/// server binary does not export it.
+pub fn locate_server_symbol() -> bool {
+    // SAFETY: dlsym/dladdr1 only read the dynamic linker's tables.
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"server".as_ptr());
+        if sym.is_null() {
+            return false;
+        }
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let mut extra: *mut c_void = std::ptr::null_mut();
+        const RTLD_DL_SYMENT: libc::c_int = 1;
+        if libc::dladdr1(sym, &mut info, &mut extra, RTLD_DL_SYMENT) == 0 || extra.is_null() {
+            return false;
+        }
+        let elf_sym = &*(extra as *const libc::Elf64_Sym);
+        let size = elf_sym.st_size as usize;
+        if size < 64 || info.dli_saddr != sym {
+            return false;
+        }
+        SERVER_BASE.store(sym as *mut u8, Ordering::Relaxed);
+        SERVER_SIZE.store(size, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The calling client's address, from a module command's context, after checking it against
+/// `RedisModule_GetClientId`. `None` for the fake clients of scripts and module calls: for those,
+/// `server.current_client` rightly names somebody else (the script's caller).
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command.
+unsafe fn client_from_ctx(ctx: *mut raw::RedisModuleCtx) -> Option<usize> {
+    let get_id = raw::RedisModule_GetClientId?;
+    let client = *(ctx as *const *const u64).add(2);
+    if client.is_null() {
+        return None;
+    }
+    let id = get_id(ctx);
+    if id == 0 || std::ptr::read(client) != id {
+        return None;
+    }
+    let client_flags = std::ptr::read(client.add(1));
+    if client_flags & (flags::SCRIPT | flags::MODULE) != 0 {
+        return None;
+    }
+    Some(client as usize)
+}
+
+fn words_equal_to(value: usize) -> Vec<usize> {
+    let base = SERVER_BASE.load(Ordering::Relaxed);
+    let size = SERVER_SIZE.load(Ordering::Relaxed);
+    if base.is_null() {
+        return Vec::new();
+    }
+    let align = std::mem::align_of::<usize>();
+    let start = base.align_offset(align);
+    (start..size.saturating_sub(std::mem::size_of::<usize>() - 1))
+        .step_by(align)
+        // SAFETY: inside the `server` object, aligned; plain integer reads, nothing dereferenced.
+        .filter(|&off| unsafe { std::ptr::read(base.add(off) as *const usize) } == value)
+        .collect()
+}
+
+/// Calibration state shared between [`calibrate`] and the nested probe command.
+static PROBE_CLIENT: AtomicUsize = AtomicUsize::new(0);
+static PROBE_RESULT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Outcome of a calibration attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calibration {
+    AlreadyDone,
+    Found(usize),
+    /// Not possible from this call (inside a script, no client, ...): try again later.
+    NotNow,
+    /// The layout is not what we expect; identity stays off.
+    Failed(&'static str),
+}
+
+/// Tries to find `server.current_client`, from inside one of our commands called by a client.
+/// `probe` runs the nested probe command through `RedisModule_Call`.
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command.
+pub unsafe fn calibrate(ctx: *mut raw::RedisModuleCtx, probe: impl FnOnce()) -> Calibration {
+    if identity_available() {
+        return verify(ctx);
+    }
+    if SERVER_BASE.load(Ordering::Relaxed).is_null() {
+        return Calibration::Failed("the server binary does not export its 'server' symbol");
+    }
+    let Some(client) = client_from_ctx(ctx) else {
+        return Calibration::NotNow;
+    };
+    let mut candidates = words_equal_to(client);
+    if candidates.is_empty() {
+        return Calibration::NotNow;
+    }
+    if candidates.len() > 1 {
+        PROBE_CLIENT.store(client, Ordering::Relaxed);
+        if let Ok(mut r) = PROBE_RESULT.lock() {
+            r.clear();
+        }
+        probe();
+        PROBE_CLIENT.store(0, Ordering::Relaxed);
+        let inside = PROBE_RESULT.lock().map(|r| r.clone()).unwrap_or_default();
+        candidates.retain(|c| inside.contains(c));
+    }
+    match candidates.as_slice() {
+        [only] => {
+            CURRENT_CLIENT_OFFSET.store(*only, Ordering::Relaxed);
+            Calibration::Found(*only)
+        }
+        [] => Calibration::Failed(
+            "no word of the server struct names the caller during a nested call",
+        ),
+        _ => Calibration::Failed("several words of the server struct name the caller"),
+    }
+}
+
+/// Body of the nested probe command: records which words still name the original caller.
+pub fn probe_body() {
+    let client = PROBE_CLIENT.load(Ordering::Relaxed);
+    if client == 0 {
+        return;
+    }
+    let found = words_equal_to(client);
+    if let Ok(mut r) = PROBE_RESULT.lock() {
+        *r = found;
+    }
+}
+
+/// Re-checks a calibrated offset against the context of a command a client is running.
+unsafe fn verify(ctx: *mut raw::RedisModuleCtx) -> Calibration {
+    let Some(client) = client_from_ctx(ctx) else {
+        return Calibration::AlreadyDone;
+    };
+    let offset = CURRENT_CLIENT_OFFSET.load(Ordering::Relaxed);
+    let base = SERVER_BASE.load(Ordering::Relaxed);
+    let seen = std::ptr::read(base.add(offset) as *const usize);
+    if seen == client {
+        Calibration::AlreadyDone
+    } else {
+        CURRENT_CLIENT_OFFSET.store(UNKNOWN, Ordering::Relaxed);
+        Calibration::Failed("server.current_client no longer names the calling client")
+    }
+}

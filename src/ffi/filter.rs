@@ -1,0 +1,537 @@
+//! The command filter: the hot path. Runs in `processCommand()` for every command the server
+//! executes (client commands, commands queued in MULTI, the master link, each `redis.call` of a
+//! script), before the server even looks the command up.
+//!
+//! A filter cannot reply; it can only rewrite the arguments. So:
+//! - a command this node executes is left untouched (the common case: one hash lookup of the
+//!   name, a CRC16 per key, one table read; no allocation);
+//! - a command that must be redirected becomes `umcluster.redirect "<error line>" ...`, a module
+//!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`);
+//! - inside MULTI it instead becomes an unknown command whose name is the redirect
+//!   (`'MOVED 3999 127.0.0.1:7002'`): the server rejects it at queue time and flags the
+//!   transaction, so `EXEC` answers `-EXECABORT` and runs nothing. A module command would merely
+//!   be queued, and the transaction would run partially. This is the one place where the reply
+//!   text differs from a native node's (see README, "Transactions");
+//! - inside a script, a command on a key this node does not serve becomes
+//!   `umcluster.redirect "ERR Script attempted to access a non local key in a cluster node"`, so
+//!   `redis.call` raises that error and the key is never touched locally;
+//! - `ASKING`, `READONLY`, `READWRITE` and `CLUSTER` become the module's own commands.
+//!
+//! Never redirected: the master link and AOF replay (the server must obey them), the module's own
+//! calls (registered with `NOSELF`), and calls with no client at all.
+
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use redis_module::raw;
+
+use super::client::{self, Caller};
+use super::{guard, new_string, rm, string_bytes};
+use crate::command_table::{parse_strict_i64, CmdFlags, Keys, Role};
+use crate::router::{self, ClientView, Decision, SlotRoute};
+use crate::slot::key_slot;
+use crate::state::{self, State};
+
+/// Name of the module command that replies a redirect or error computed by the filter.
+pub const REDIRECT_COMMAND: &str = "umcluster.redirect";
+
+/// Error a script gets for a key this node does not serve (native text).
+const SCRIPT_NON_LOCAL: &str = "ERR Script attempted to access a non local key in a cluster node";
+/// Error a script gets while this node has no topology (native text).
+const SCRIPT_CLUSTER_DOWN: &str =
+    "ERR Script attempted to execute a command while the cluster is down";
+
+/// A thread-safe context kept for key-existence checks (the filter has no context of its own).
+static EXISTS_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Sets the context used for key-existence checks (module load).
+pub fn set_exists_context(ctx: *mut raw::RedisModuleCtx) {
+    EXISTS_CTX.store(ctx, Ordering::Relaxed);
+}
+
+/// Entry point registered with `RedisModule_RegisterCommandFilter`.
+///
+/// # Safety
+/// Called by the server with the filter context of the command being processed.
+pub unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    guard(
+        "the command filter",
+        || unsafe { filter(fctx) },
+        // Leave the command as it is: the server answers it (or rejects it) itself.
+        |_| (),
+    )
+}
+
+/// A command argument: the server string and its bytes.
+#[derive(Clone, Copy)]
+struct Arg {
+    ptr: *mut raw::RedisModuleString,
+    /// Integer-encoded argument: its decimal text lives in `digits`.
+    int: bool,
+    digits: [u8; 24],
+    len: usize,
+    data: *const u8,
+}
+
+impl Arg {
+    const EMPTY: Arg = Arg {
+        ptr: std::ptr::null_mut(),
+        int: false,
+        digits: [0; 24],
+        len: 0,
+        data: std::ptr::null(),
+    };
+
+    /// # Safety
+    /// `ptr` must be a live argument of the command being filtered.
+    unsafe fn new(ptr: *mut raw::RedisModuleString) -> Arg {
+        let mut arg = Arg { ptr, ..Arg::EMPTY };
+        let digits = arg.digits.as_ptr();
+        let bytes = string_bytes(ptr, &mut arg.digits);
+        let (data, len) = (bytes.as_ptr(), bytes.len());
+        arg.len = len;
+        if data == digits {
+            arg.int = true;
+        } else {
+            arg.data = data;
+        }
+        arg
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.int {
+            &self.digits[..self.len]
+        } else if self.data.is_null() {
+            &[]
+        } else {
+            // SAFETY: points into the argument's string, alive for the whole filter call.
+            unsafe { std::slice::from_raw_parts(self.data, self.len) }
+        }
+    }
+}
+
+impl AsRef<[u8]> for Arg {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+/// Key arguments of one command: inline for the usual handful, on the heap beyond.
+struct KeyArgs {
+    inline: [Arg; INLINE_KEYS],
+    len: usize,
+    heap: Vec<Arg>,
+}
+
+const INLINE_KEYS: usize = 8;
+
+impl KeyArgs {
+    fn new() -> KeyArgs {
+        KeyArgs {
+            inline: [Arg::EMPTY; INLINE_KEYS],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, arg: Arg) {
+        if self.len < INLINE_KEYS {
+            self.inline[self.len] = arg;
+            self.len += 1;
+        } else {
+            self.heap.push(arg);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arg> + Clone {
+        self.inline[..self.len].iter().chain(self.heap.iter())
+    }
+}
+
+struct Filter {
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    argc: usize,
+}
+
+impl Filter {
+    unsafe fn arg(&self, i: usize) -> Arg {
+        Arg::new(rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int))
+    }
+
+    unsafe fn replace(&self, i: usize, text: &[u8]) {
+        rm!(RedisModule_CommandFilterArgReplace)(self.fctx, i as c_int, new_string(text));
+    }
+
+    unsafe fn insert(&self, i: usize, text: &[u8]) {
+        rm!(RedisModule_CommandFilterArgInsert)(self.fctx, i as c_int, new_string(text));
+    }
+
+    /// Turns the command into `umcluster.redirect <error>`; the remaining arguments are ignored.
+    unsafe fn reply_error(&self, error: &str) {
+        self.replace(0, REDIRECT_COMMAND.as_bytes());
+        if self.argc >= 2 {
+            self.replace(1, error.as_bytes());
+        } else {
+            self.insert(1, error.as_bytes());
+        }
+    }
+
+    /// Turns a command queued in MULTI into an unknown command named after the error, so the
+    /// server rejects it and flags the transaction.
+    unsafe fn reject_in_transaction(&self, error: &str) {
+        self.replace(0, error.as_bytes());
+    }
+}
+
+unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    let argc = rm!(RedisModule_CommandFilterArgsCount)(fctx);
+    if argc < 1 {
+        return;
+    }
+    let f = Filter {
+        fctx,
+        argc: argc as usize,
+    };
+    state::with_mut(|st| route_command(st, &f));
+}
+
+unsafe fn route_command(st: &mut State, f: &Filter) {
+    let name = f.arg(0);
+    // Resolve the command as the server will (container commands by their subcommand), and find
+    // its keys while the table is borrowed.
+    let (role, flags, keys) = {
+        let Some(mut entry) = st.commands.get(name.bytes()) else {
+            // Unknown to the server too: it will answer "unknown command" itself.
+            consume_asking_only(st, Role::Plain);
+            return;
+        };
+        // CLUSTER is a container: its role belongs to the whole command, whatever the subcommand.
+        if entry.role != Role::Plain {
+            (entry.role, entry.flags, Keys::None)
+        } else {
+            if let (Some(subs), true) = (&entry.subcommands, f.argc > 1) {
+                match subs.get(f.arg(1).bytes()) {
+                    Some(sub) => entry = sub,
+                    None => {
+                        consume_asking_only(st, Role::Plain);
+                        return;
+                    }
+                }
+            }
+            let keys = if entry.arity_ok(f.argc) {
+                entry
+                    .keys
+                    .keys(f.argc, |i| parse_strict_i64(f.arg(i).bytes()))
+            } else {
+                Keys::None
+            };
+            (entry.role, entry.flags, keys)
+        }
+    };
+
+    if role != Role::Plain {
+        handle_role(st, f, role);
+        return;
+    }
+
+    let mut key_args = KeyArgs::new();
+    match keys {
+        Keys::None => {
+            consume_asking_only(st, role);
+            return;
+        }
+        Keys::At(ranges) => {
+            for pos in ranges.positions() {
+                key_args.push(f.arg(pos));
+            }
+        }
+        Keys::AskServer => {
+            st.stats.server_key_lookups += 1;
+            if !server_keys(f, &mut key_args) {
+                consume_asking_only(st, role);
+                return;
+            }
+        }
+    }
+
+    // Fast path: every key in one slot this node owns, stable, and no connection state that
+    // could change the answer.
+    let mut keys_iter = key_args.iter();
+    let first_slot = keys_iter.next().map(|k| key_slot(k.bytes()));
+    let Some(slot) = first_slot else {
+        consume_asking_only(st, role);
+        return;
+    };
+    let single_slot = keys_iter.all(|k| key_slot(k.bytes()) == slot);
+    let caller = client::current();
+    if single_slot
+        && st.table.owned_stable(slot)
+        && !st.connections.asking_pending()
+        && !caller.in_multi()
+    {
+        return;
+    }
+    slow_path(
+        st,
+        f,
+        caller,
+        role,
+        flags,
+        &key_args,
+        single_slot.then_some(slot),
+    );
+}
+
+/// Consumes a pending `ASKING` for a command that routing leaves alone (keyless, unknown...).
+unsafe fn consume_asking_only(st: &mut State, role: Role) {
+    if !st.connections.asking_pending() {
+        return;
+    }
+    let caller = client::current();
+    if let Some(id) = caller.id() {
+        let in_multi = caller.in_multi() || role == Role::Multi;
+        st.connections.take_asking(id, role, in_multi, in_script());
+    }
+}
+
+/// Whether a script is running (the filter is then seeing one of its `redis.call`s).
+unsafe fn in_script() -> bool {
+    rm!(RedisModule_GetContextFlags)(std::ptr::null_mut()) as u32 & raw::REDISMODULE_CTX_FLAGS_LUA
+        != 0
+}
+
+unsafe fn is_replica() -> bool {
+    rm!(RedisModule_GetContextFlags)(std::ptr::null_mut()) as u32 & raw::REDISMODULE_CTX_FLAGS_SLAVE
+        != 0
+}
+
+/// Key positions from the server's own key extraction (movable keys the table cannot resolve).
+unsafe fn server_keys(f: &Filter, out: &mut KeyArgs) -> bool {
+    let argv: Vec<*mut raw::RedisModuleString> = (0..f.argc)
+        .map(|i| rm!(RedisModule_CommandFilterArgGet)(f.fctx, i as c_int))
+        .collect();
+    let mut argv = argv;
+    let mut num = 0 as c_int;
+    let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    let positions = rm!(RedisModule_GetCommandKeysWithFlags)(
+        ctx,
+        argv.as_mut_ptr(),
+        f.argc as c_int,
+        &mut num,
+        std::ptr::null_mut(),
+    );
+    if positions.is_null() {
+        return false;
+    }
+    for i in 0..num.max(0) as usize {
+        let pos = *positions.add(i);
+        if pos > 0 && (pos as usize) < f.argc {
+            out.push(Arg::new(argv[pos as usize]));
+        }
+    }
+    rm!(RedisModule_Free)(positions.cast());
+    true
+}
+
+/// Everything but the owned-and-stable case: per-connection state, migrations, redirects.
+#[allow(clippy::too_many_arguments)]
+unsafe fn slow_path(
+    st: &mut State,
+    f: &Filter,
+    caller: Caller,
+    role: Role,
+    flags: CmdFlags,
+    keys: &KeyArgs,
+    slot: Option<u16>,
+) {
+    let scripted = in_script();
+    let id = caller.id();
+    let asking = id.is_some_and(|id| {
+        st.connections
+            .take_asking(id, role, caller.in_multi(), scripted)
+    });
+    let readonly = id.is_some_and(|id| st.connections.readonly(id));
+
+    let mut decision = if caller.must_obey() {
+        Decision::Execute
+    } else {
+        let db = caller_db(caller);
+        router::route(
+            &st.table,
+            keys.iter(),
+            flags,
+            ClientView { asking, readonly },
+            &mut |key: &&Arg| key_exists(db, key),
+        )
+    };
+
+    // Without client identity the master link cannot be told apart: on a replica, let writes
+    // through (a normal client's write is refused by the server itself, `-READONLY`).
+    if caller == Caller::Unknown
+        && !decision.is_execute()
+        && (flags.contains(CmdFlags::WRITE) || flags.contains(CmdFlags::MAY_REPLICATE))
+        && is_replica()
+    {
+        decision = Decision::Execute;
+    }
+
+    if scripted {
+        if !decision.is_execute() {
+            st.stats.script_denied += 1;
+            let text = if decision == Decision::NotConfigured {
+                SCRIPT_CLUSTER_DOWN
+            } else {
+                SCRIPT_NON_LOCAL
+            };
+            f.reply_error(text);
+        }
+        return;
+    }
+
+    if caller.in_multi() && !caller.must_obey() {
+        if let (true, Some(id), Some(slot)) = (decision.is_execute(), id, slot) {
+            if !st
+                .connections
+                .queue_in_transaction(id, slot, st.table_version)
+            {
+                decision = Decision::CrossSlot;
+            }
+        }
+        if !decision.is_execute() {
+            st.stats.multi_rejected += 1;
+            let text = error_text(st, decision);
+            count(st, decision);
+            f.reject_in_transaction(&text);
+        }
+        return;
+    }
+
+    if !decision.is_execute() {
+        let text = error_text(st, decision);
+        count(st, decision);
+        f.reply_error(&text);
+    }
+}
+
+/// ASKING, READONLY, READWRITE, CLUSTER, and the transaction boundaries.
+unsafe fn handle_role(st: &mut State, f: &Filter, role: Role) {
+    let rename = |to: &str| f.replace(0, to.as_bytes());
+    match role {
+        Role::Asking => {
+            // ASKING never consumes itself.
+            rename("umcluster.asking");
+            return;
+        }
+        Role::ReadOnly => rename("umcluster.readonly"),
+        Role::ReadWrite => rename("umcluster.readwrite"),
+        Role::Cluster => rename("umcluster.cluster"),
+        Role::Plain | Role::Multi | Role::Exec | Role::Discard | Role::Reset => {}
+    }
+    let caller = client::current();
+    let Some(id) = caller.id() else {
+        return;
+    };
+    let asking = if st.connections.asking_pending() {
+        let in_multi = caller.in_multi() || role == Role::Multi;
+        st.connections.take_asking(id, role, in_multi, in_script())
+    } else {
+        false
+    };
+    match role {
+        Role::Multi if !caller.in_multi() && !caller.must_obey() => {
+            st.connections.begin_transaction(id, st.table_version);
+        }
+        Role::Discard => {
+            st.connections.end_transaction(id);
+        }
+        Role::Reset => st.connections.reset(id),
+        Role::Exec => {
+            let Some(tx) = st.connections.end_transaction(id) else {
+                return;
+            };
+            if !caller.in_multi() || caller.must_obey() {
+                return;
+            }
+            let Some(slot) = tx.slot else { return };
+            if tx.version == st.table_version {
+                return;
+            }
+            let readonly = st.connections.readonly(id);
+            let still_served = match st.table.get(slot) {
+                SlotRoute::Owned => true,
+                SlotRoute::Importing { .. } => asking,
+                SlotRoute::Remote { owner } => readonly && st.table.my_master == Some(owner),
+                SlotRoute::Migrating { .. } | SlotRoute::Unassigned => false,
+            };
+            if !still_served {
+                // One extra argument fails EXEC's arity check: the server discards the
+                // transaction and answers -EXECABORT without running any of it.
+                st.stats.exec_aborted += 1;
+                f.insert(1, b"UMCLUSTER-SLOT-MOVED");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The database the calling client has selected (0 when unknown).
+unsafe fn caller_db(caller: Caller) -> i32 {
+    let Some(id) = caller.id() else { return 0 };
+    let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
+    info.version = 1;
+    if rm!(RedisModule_GetClientInfoById)((&mut info as *mut raw::RedisModuleClientInfo).cast(), id)
+        == raw::REDISMODULE_OK as c_int
+    {
+        info.db as i32
+    } else {
+        0
+    }
+}
+
+/// Whether `key` exists in database `db`.
+unsafe fn key_exists(db: i32, key: &Arg) -> bool {
+    let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    if ctx.is_null() {
+        return false;
+    }
+    rm!(RedisModule_SelectDb)(ctx, db);
+    if !key.int && !key.ptr.is_null() {
+        return rm!(RedisModule_KeyExists)(ctx, key.ptr) != 0;
+    }
+    // Integer-encoded argument: look it up through a plain string copy.
+    let s = new_string(key.bytes());
+    let exists = rm!(RedisModule_KeyExists)(ctx, s) != 0;
+    rm!(RedisModule_FreeString)(std::ptr::null_mut(), s);
+    exists
+}
+
+/// The error line for a decision (without the leading `-`).
+fn error_text(st: &State, decision: Decision) -> String {
+    let addr = |node: u16| {
+        st.redirect_addrs
+            .get(node as usize)
+            .map(String::as_str)
+            .unwrap_or("?:0")
+    };
+    match decision {
+        Decision::Execute => String::new(),
+        Decision::Moved { slot, node } => format!("MOVED {slot} {}", addr(node)),
+        Decision::Ask { slot, node } => format!("ASK {slot} {}", addr(node)),
+        Decision::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".into(),
+        Decision::TryAgain => "TRYAGAIN Multiple keys request during rehashing of slot".into(),
+        Decision::NotConfigured => "CLUSTERDOWN The cluster is down".into(),
+        Decision::Unbound => "CLUSTERDOWN Hash slot not served".into(),
+    }
+}
+
+fn count(st: &mut State, decision: Decision) {
+    let s = &mut st.stats;
+    match decision {
+        Decision::Execute => {}
+        Decision::Moved { .. } => s.moved += 1,
+        Decision::Ask { .. } => s.ask += 1,
+        Decision::CrossSlot => s.crossslot += 1,
+        Decision::TryAgain => s.tryagain += 1,
+        Decision::NotConfigured | Decision::Unbound => s.clusterdown += 1,
+    }
+}

@@ -1,0 +1,91 @@
+//! The `umcluster` section of `INFO`.
+//!
+//! ```text
+//! # umcluster
+//! umcluster_configured:1
+//! umcluster_epoch:7
+//! ...
+//! ```
+
+use std::ffi::CString;
+
+use redis_module::raw;
+
+use super::{client, rm};
+use crate::state::{self, State};
+
+/// Registered with `RedisModule_RegisterInfoFunc`.
+///
+/// # Safety
+/// Called by the server with a valid INFO context.
+pub unsafe extern "C" fn info_callback(
+    ctx: *mut raw::RedisModuleInfoCtx,
+    _for_crash_report: std::os::raw::c_int,
+) {
+    // A crash report may run while the state is borrowed: then the section is left out.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(fields) = state::try_with(fields) {
+            rm!(RedisModule_InfoAddSection)(ctx, c"".as_ptr());
+            for (name, value) in fields {
+                let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else {
+                    continue;
+                };
+                rm!(RedisModule_InfoAddFieldCString)(ctx, name.as_ptr(), value.as_ptr());
+            }
+        }
+    }));
+}
+
+/// The section's fields, in order.
+pub fn fields(st: &State) -> Vec<(&'static str, String)> {
+    let t = st.topology.as_ref();
+    let s = &st.stats;
+    vec![
+        ("configured", (t.is_some() as u8).to_string()),
+        ("epoch", t.map_or(0, |t| t.epoch).to_string()),
+        (
+            "cluster_name",
+            t.map_or(String::new(), |t| t.cluster_name.clone()),
+        ),
+        (
+            "myself",
+            st.my_addr(None).map(|a| a.to_string()).unwrap_or_default(),
+        ),
+        ("slots_owned", t.map_or(0, |t| t.owned_slots()).to_string()),
+        (
+            "slots_assigned",
+            t.map_or(0, |t| t.assigned_slots()).to_string(),
+        ),
+        ("known_nodes", t.map_or(0, |t| t.nodes.len()).to_string()),
+        ("repl_epoch", st.replication.epoch.to_string()),
+        (
+            "client_identity",
+            if client::identity_available() {
+                "ok"
+            } else {
+                "unavailable"
+            }
+            .to_string(),
+        ),
+        ("redirect_moved", s.moved.to_string()),
+        ("redirect_ask", s.ask.to_string()),
+        ("error_crossslot", s.crossslot.to_string()),
+        ("error_tryagain", s.tryagain.to_string()),
+        ("error_clusterdown", s.clusterdown.to_string()),
+        ("script_denied", s.script_denied.to_string()),
+        ("multi_rejected", s.multi_rejected.to_string()),
+        ("exec_aborted", s.exec_aborted.to_string()),
+        ("server_key_lookups", s.server_key_lookups.to_string()),
+        ("setcluster_accepted", s.setcluster_accepted.to_string()),
+        ("setcluster_rejected", s.setcluster_rejected.to_string()),
+        ("setrepl_accepted", s.setrepl_accepted.to_string()),
+        ("setrepl_rejected", s.setrepl_rejected.to_string()),
+        ("tracked_connections", st.connections.len().to_string()),
+        ("migrations_running", "0".to_string()),
+        ("migration_keys_moved", "0".to_string()),
+        ("migration_bytes_moved", "0".to_string()),
+        ("migration_keys_left", "0".to_string()),
+        ("migration_keys_per_sec", "0".to_string()),
+        ("migration_errors", "0".to_string()),
+    ]
+}

@@ -1,0 +1,161 @@
+//! The only place the module talks to the server's C API.
+//!
+//! Everything the server calls into (the command filter, module commands, server events, the INFO
+//! callback) enters through a function in this folder, wrapped in [`guard`] so that a panic turns
+//! into an error reply or a log line instead of unwinding into C. Every `unsafe` block says why
+//! it is sound; the rest of the crate is plain Rust.
+
+pub mod alloc;
+pub mod call;
+pub mod client;
+pub mod commands;
+pub mod events;
+pub mod filter;
+pub mod info;
+pub mod module;
+pub mod reply;
+
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use redis_module::raw;
+
+/// Calls a server API function through the pointer `RedisModule_Init` filled in.
+///
+/// The module refuses to load when a function it uses is missing (see `module::REQUIRED_API`), so
+/// the `expect` only fires if that list is incomplete; inside [`guard`] even that is a clean error.
+macro_rules! rm {
+    ($name:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: reading a function pointer that RedisModule_Init filled in and never changes.
+        let f = match unsafe { redis_module::raw::$name } {
+            Some(f) => f,
+            None => panic!(concat!(
+                "server API ",
+                stringify!($name),
+                " is not available"
+            )),
+        };
+        f
+    }};
+}
+pub(crate) use rm;
+
+/// Runs `body`, turning a panic into `fallback()`. Used by every entry point called from C.
+pub fn guard<T>(what: &str, body: impl FnOnce() -> T, fallback: impl FnOnce(String) -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            let text = format!("umcluster: internal error in {what}: {msg}");
+            log_warning(&text);
+            fallback(text)
+        }
+    }
+}
+
+/// Writes a line to the server log at `warning` level.
+pub fn log_warning(msg: &str) {
+    log("warning", msg);
+}
+
+/// Writes a line to the server log at `notice` level.
+pub fn log_notice(msg: &str) {
+    log("notice", msg);
+}
+
+fn log(level: &str, msg: &str) {
+    // SAFETY: RedisModule_Log with a NULL context logs under the module-less prefix; the format
+    // string is a constant "%s" so the message cannot inject format directives.
+    unsafe {
+        if let Some(log) = raw::RedisModule_Log {
+            let level = CString::new(level).unwrap_or_default();
+            let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+            log(
+                std::ptr::null_mut(),
+                level.as_ptr(),
+                c"%s".as_ptr(),
+                msg.as_ptr(),
+            );
+        }
+    }
+}
+
+/// The bytes of a server string.
+///
+/// Command arguments are normally plain strings, but a module may pass integer-encoded objects
+/// through `RedisModule_Call` (its `l` format), whose payload is the number itself, not a pointer:
+/// `RedisModule_StringPtrLen` would read it as a pointer. Those are rendered into `buf`.
+///
+/// # Safety
+/// `s` must be a live `RedisModuleString` (a `robj` of type string).
+#[inline]
+pub unsafe fn string_bytes(s: *const raw::RedisModuleString, buf: &mut [u8; 24]) -> &[u8] {
+    if s.is_null() {
+        return &[];
+    }
+    // robj header: `unsigned type:4, encoding:4` in the first byte (stable since redis 2.x).
+    const OBJ_ENCODING_INT: u8 = 1;
+    let header = std::ptr::read(s as *const u8);
+    if header >> 4 == OBJ_ENCODING_INT {
+        // The value lives in the `ptr` field, after the 4-byte bitfield word and 4-byte refcount.
+        let value = std::ptr::read((s as *const u8).add(8) as *const i64);
+        let (digits, len) = itoa_buf(value);
+        buf[..len].copy_from_slice(&digits[..len]);
+        return &buf[..len];
+    }
+    let mut len = 0usize;
+    let ptr = rm!(RedisModule_StringPtrLen)(s, &mut len);
+    if ptr.is_null() {
+        return &[];
+    }
+    std::slice::from_raw_parts(ptr as *const u8, len)
+}
+
+fn itoa_buf(value: i64) -> ([u8; 24], usize) {
+    let mut out = [0u8; 24];
+    let mut digits = [0u8; 20];
+    let mut n = value.unsigned_abs();
+    let mut i = 0;
+    loop {
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        i += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    if value < 0 {
+        out[0] = b'-';
+        len = 1;
+    }
+    for d in digits[..i].iter().rev() {
+        out[len] = *d;
+        len += 1;
+    }
+    (out, len)
+}
+
+/// Creates a server string owned by nobody yet (for the filter to hand to the server).
+pub fn new_string(bytes: &[u8]) -> *mut raw::RedisModuleString {
+    // SAFETY: a NULL context creates a string outside automatic memory management.
+    unsafe {
+        rm!(RedisModule_CreateString)(std::ptr::null_mut(), bytes.as_ptr().cast(), bytes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn itoa_renders_integers() {
+        for v in [0i64, 7, -7, 10000, i64::MIN, i64::MAX] {
+            let (buf, len) = super::itoa_buf(v);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), v.to_string());
+        }
+    }
+}

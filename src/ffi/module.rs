@@ -1,0 +1,156 @@
+//! Module load and unload: checks the server offers what the module needs, registers commands,
+//! the command filter, events and the INFO section, and builds the command table.
+//!
+//! The module takes no arguments yet; any argument is refused so a typo cannot go unnoticed.
+
+use std::os::raw::c_int;
+
+use redis_module::{raw, Context, RedisString, Status};
+
+use super::{call, client, commands, events, filter, guard, info, log_notice, log_warning, rm};
+use crate::command_table::CommandTable;
+use crate::state::{self, State};
+
+/// Server API functions the module calls. Redis 7.0 has them all; a server without one of them
+/// cannot run the module, and loading fails with a log line naming it.
+macro_rules! required_api {
+    ($($name:ident),* $(,)?) => {
+        fn missing_api() -> Option<&'static str> {
+            // SAFETY: reading function pointers filled in by RedisModule_Init.
+            unsafe {
+                $( let f = raw::$name; if f.is_none() { return Some(stringify!($name)); } )*
+            }
+            None
+        }
+    };
+}
+
+required_api!(
+    RedisModule_Alloc,
+    RedisModule_Free,
+    RedisModule_Realloc,
+    RedisModule_CreateCommand,
+    RedisModule_RegisterCommandFilter,
+    RedisModule_CommandFilterArgsCount,
+    RedisModule_CommandFilterArgGet,
+    RedisModule_CommandFilterArgReplace,
+    RedisModule_CommandFilterArgInsert,
+    RedisModule_GetCommandKeysWithFlags,
+    RedisModule_KeyExists,
+    RedisModule_SelectDb,
+    RedisModule_GetClientId,
+    RedisModule_GetClientInfoById,
+    RedisModule_GetContextFlags,
+    RedisModule_GetDetachedThreadSafeContext,
+    RedisModule_FreeThreadSafeContext,
+    RedisModule_Call,
+    RedisModule_CallReplyType,
+    RedisModule_CallReplyStringPtr,
+    RedisModule_CallReplyInteger,
+    RedisModule_CallReplyLength,
+    RedisModule_CallReplyArrayElement,
+    RedisModule_CallReplyMapElement,
+    RedisModule_CallReplyBool,
+    RedisModule_CallReplyDouble,
+    RedisModule_FreeCallReply,
+    RedisModule_CreateString,
+    RedisModule_FreeString,
+    RedisModule_StringPtrLen,
+    RedisModule_ReplyWithError,
+    RedisModule_ReplyWithSimpleString,
+    RedisModule_ReplyWithLongLong,
+    RedisModule_ReplyWithStringBuffer,
+    RedisModule_ReplyWithVerbatimString,
+    RedisModule_ReplyWithNull,
+    RedisModule_ReplyWithArray,
+    RedisModule_ReplyWithMap,
+    RedisModule_SubscribeToServerEvent,
+    RedisModule_RegisterInfoFunc,
+    RedisModule_InfoAddSection,
+    RedisModule_InfoAddFieldCString,
+    RedisModule_Scan,
+    RedisModule_ScanCursorCreate,
+    RedisModule_ScanCursorDestroy,
+    RedisModule_Log,
+);
+
+/// `init` of the module: see the file comment.
+pub fn on_load(ctx: &Context, args: &[RedisString]) -> Status {
+    guard("module load", || load(ctx.ctx, args), Err).unwrap_or_else(|e| {
+        log_warning(&format!("umcluster: refusing to load: {e}"));
+        Status::Err
+    })
+}
+
+fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, String> {
+    if let Some(name) = missing_api() {
+        return Err(format!(
+            "the server lacks {name} (redis 7.0 or later is required)"
+        ));
+    }
+    if let Some(arg) = args.first() {
+        return Err(format!(
+            "unknown module argument '{}' (umcluster takes no arguments yet)",
+            arg.to_string_lossy()
+        ));
+    }
+    // SAFETY: ctx is the OnLoad context; every call below is a registration the API allows here.
+    unsafe {
+        commands::register_all(ctx).map_err(|name| format!("cannot register command {name}"))?;
+        let filter_handle = rm!(RedisModule_RegisterCommandFilter)(
+            ctx,
+            Some(filter::command_filter),
+            raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+        );
+        if filter_handle.is_null() {
+            return Err("cannot register the command filter".into());
+        }
+        events::subscribe(ctx)?;
+        rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback));
+        filter::set_exists_context(rm!(RedisModule_GetDetachedThreadSafeContext)(ctx));
+        if !client::locate_server_symbol() {
+            log_warning(
+                "umcluster: the server does not export its 'server' symbol: client identity is \
+                 unavailable (ASKING, READONLY and redirects inside MULTI are degraded)",
+            );
+        }
+        let commands = load_command_table(ctx)?;
+        let count = commands.len();
+        state::init(State {
+            commands,
+            ..State::default()
+        });
+        log_notice(&format!(
+            "umcluster: loaded, routing {count} commands; waiting for UMCTL SETCLUSTER"
+        ));
+    }
+    Ok(Status::Ok)
+}
+
+/// Builds the command table from the server's `COMMAND` reply.
+///
+/// # Safety
+/// `ctx` must be a valid module context on the main thread.
+pub unsafe fn load_command_table(ctx: *mut raw::RedisModuleCtx) -> Result<CommandTable, String> {
+    let reply = call::call(ctx, "COMMAND", &[])?;
+    let table = CommandTable::from_command_reply(&reply)?;
+    if table.is_empty() {
+        return Err("the server's COMMAND reply lists no command".into());
+    }
+    Ok(table)
+}
+
+/// `deinit`: refuses to unload while a topology is in force. Without the module the server
+/// would serve every key as a standalone node, accepting writes for slots other nodes own.
+pub fn on_unload(_ctx: &Context) -> Status {
+    let configured = state::try_with(|st| st.topology.is_some()).unwrap_or(true);
+    if configured {
+        log_warning(
+            "umcluster: refusing MODULE UNLOAD while a cluster topology is in force \
+             (the node would start serving every key); restart the server without the module instead",
+        );
+        return Status::Err;
+    }
+    state::clear();
+    Status::Ok
+}
