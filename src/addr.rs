@@ -70,6 +70,18 @@ impl Addr {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// Whether both name the same endpoint: equal, or the same port with both hosts loopback
+    /// (`localhost`, `127.0.0.1`, `::1`), which is how a replica told `REPLICAOF localhost 7001`
+    /// reports a master the topology calls `127.0.0.1:7001`.
+    pub fn same_endpoint(&self, other: &Addr) -> bool {
+        self == other || (self.port == other.port && self.is_loopback() && other.is_loopback())
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Whether the host is an IPv6 literal.
     pub fn is_ipv6(&self) -> bool {
         matches!(self.host.parse::<IpAddr>(), Ok(IpAddr::V6(_)))
@@ -110,6 +122,15 @@ fn valid_host(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn same_endpoint_treats_loopback_names_alike() {
+        let a = Addr::parse(b"127.0.0.1:7001").unwrap();
+        assert!(a.same_endpoint(&Addr::parse(b"localhost:7001").unwrap()));
+        assert!(a.same_endpoint(&Addr::parse(b"[::1]:7001").unwrap()));
+        assert!(!a.same_endpoint(&Addr::parse(b"localhost:7002").unwrap()));
+        assert!(!a.same_endpoint(&Addr::parse(b"10.0.0.1:7001").unwrap()));
+    }
+
     use super::*;
 
     #[test]

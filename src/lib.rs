@@ -20,6 +20,7 @@ pub mod node_id;
 pub mod reply;
 pub mod resp;
 pub mod router;
+pub mod server_info;
 pub mod slot;
 pub mod state;
 pub mod stats;

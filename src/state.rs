@@ -65,6 +65,10 @@ pub struct State {
     pub commands: CommandTable,
     pub connections: Connections,
     pub stats: Stats,
+    /// The master the server itself replicates from (`REPLICAOF`), as `INFO replication` reports
+    /// it. Used as this node's master when no SETREPL entry names one, so a replica attached by
+    /// hand still serves `READONLY` reads for its master's slots.
+    pub server_master: Option<Addr>,
 }
 
 impl State {
@@ -93,7 +97,17 @@ impl State {
         let my_master = topology
             .myself()
             .and_then(|me| self.replication.master_of(&me.addr))
-            .and_then(|m| topology.node_index(m));
+            .and_then(|m| topology.node_index(m))
+            .or_else(|| {
+                let master = self.server_master.as_ref()?;
+                topology.node_index(master).or_else(|| {
+                    topology
+                        .nodes
+                        .iter()
+                        .position(|n| n.addr.same_endpoint(master))
+                        .map(|i| i as u16)
+                })
+            });
         self.table = topology.slot_table(my_master);
         self.redirect_addrs = topology
             .nodes
@@ -139,6 +153,13 @@ pub fn with<R>(f: impl FnOnce(&State) -> R) -> R {
 pub fn try_with<R>(f: impl FnOnce(&State) -> R) -> Option<R> {
     let guard = cell().try_borrow().ok()?;
     guard.as_ref().map(f)
+}
+
+/// Like [`with_mut`], but `None` when the state is busy (an event raised while a command holds
+/// it) or not initialised.
+pub fn try_with_mut<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
+    let mut guard = cell().try_borrow_mut().ok()?;
+    guard.as_mut().map(f)
 }
 
 /// Runs `f` with exclusive access to the state.

@@ -11,15 +11,24 @@ use umcluster::resp::Value;
 #[test]
 fn cluster_client_writes_and_reads_thousands_of_keys_each_on_its_owner() {
     let c = Cluster::start(3);
-    let client = ClusterClient::new(c.nodes.iter().map(|n| format!("redis://{}/", n.addr())).collect::<Vec<_>>())
-        .expect("cluster client");
+    let client = ClusterClient::new(
+        c.nodes
+            .iter()
+            .map(|n| format!("redis://{}/", n.addr()))
+            .collect::<Vec<_>>(),
+    )
+    .expect("cluster client");
     let mut con = client.get_connection().expect("connect to the cluster");
     const N: usize = 3000;
     for i in 0..N {
-        let _: () = con.set(format!("key:{i}"), i).expect("SET through the cluster client");
+        let _: () = con
+            .set(format!("key:{i}"), i)
+            .expect("SET through the cluster client");
     }
     for i in 0..N {
-        let v: usize = con.get(format!("key:{i}")).expect("GET through the cluster client");
+        let v: usize = con
+            .get(format!("key:{i}"))
+            .expect("GET through the cluster client");
         assert_eq!(v, i);
     }
     // Every key lives on its owner and nowhere else.
@@ -33,23 +42,36 @@ fn cluster_client_writes_and_reads_thousands_of_keys_each_on_its_owner() {
                 continue;
             }
             // Another node answers MOVED: the key is not there.
-            assert!(matches!(node.raw().cmd(&["GET", &key]), Value::Error(e) if e.starts_with("MOVED")));
+            assert!(
+                matches!(node.raw().cmd(&["GET", &key]), Value::Error(e) if e.starts_with("MOVED"))
+            );
         }
     }
     for (j, node) in c.nodes.iter().enumerate() {
-        assert_eq!(node.raw().line("DBSIZE"), Value::Int(per_node[j]), "node {j} holds exactly its keys");
-        assert!(per_node[j] > N as i64 / 5, "keys are spread over every node");
+        assert_eq!(
+            node.raw().line("DBSIZE"),
+            Value::Int(per_node[j]),
+            "node {j} holds exactly its keys"
+        );
+        assert!(
+            per_node[j] > N as i64 / 5,
+            "keys are spread over every node"
+        );
     }
 }
 
 #[test]
 fn cluster_client_pipelines_and_hash_tags() {
     let c = Cluster::start(3);
-    let client = ClusterClient::new(vec![format!("redis://{}/", c.nodes[1].addr())]).expect("cluster client");
+    let client = ClusterClient::new(vec![format!("redis://{}/", c.nodes[1].addr())])
+        .expect("cluster client");
     let mut con = client.get_connection().expect("connect");
     let mut pipe = redis::cluster::cluster_pipe();
     for i in 0..200 {
-        pipe.cmd("INCRBY").arg(format!("counter:{i}")).arg(i).ignore();
+        pipe.cmd("INCRBY")
+            .arg(format!("counter:{i}"))
+            .arg(i)
+            .ignore();
     }
     let _: () = pipe.query(&mut con).expect("cluster pipeline");
     for i in 0..200 {

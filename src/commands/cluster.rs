@@ -53,7 +53,7 @@ pub fn run(server: &dyn Server, state: &State, args: &[&[u8]]) -> Reply {
             &state.replication,
             me.as_ref(),
             port,
-            server.repl_offset(),
+            server.replication().offset,
         )
     };
     match (sub_lower.as_str(), rest.len()) {
@@ -162,8 +162,11 @@ mod tests {
         fn listening_ports(&self) -> Vec<u16> {
             vec![7001]
         }
-        fn repl_offset(&self) -> i64 {
-            0
+        fn replication(&self) -> crate::server_info::ReplicationInfo {
+            crate::server_info::ReplicationInfo::default()
+        }
+        fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
+            Ok(())
         }
         fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>) {
             let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec()];

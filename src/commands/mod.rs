@@ -12,12 +12,18 @@ pub mod cluster;
 pub mod connection;
 pub mod umctl;
 
+use crate::addr::Addr;
+use crate::server_info::ReplicationInfo;
+
 /// What command handlers need to ask the running server.
 pub trait Server {
     /// The ports this server listens on (`port`, `tls-port`; 0 when disabled).
     fn listening_ports(&self) -> Vec<u16>;
-    /// This node's replication offset.
-    fn repl_offset(&self) -> i64;
+    /// This node's replication state: its master (when a replica) and offset.
+    fn replication(&self) -> ReplicationInfo;
+    /// Makes the server replicate from `master` (`REPLICAOF host port`), or stop replicating
+    /// (`REPLICAOF NO ONE`) when `None`.
+    fn set_master(&self, master: Option<&Addr>) -> Result<(), String>;
     /// Up to `max` keys of `slot` in the caller's database, and how many keys the slot has.
     fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>);
 }

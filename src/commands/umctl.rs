@@ -128,6 +128,7 @@ fn set_cluster(server: &dyn Server, state: &mut State, args: &[&[u8]]) -> Reply 
         sc.peers,
         sc.config,
     ));
+    state.server_master = server.replication().master;
     state.rebuild_table();
     state.stats.setcluster_accepted += 1;
     if warn {
@@ -163,13 +164,47 @@ fn set_repl(server: &dyn Server, state: &mut State, args: &[&[u8]]) -> Reply {
         state.stats.setrepl_rejected += 1;
         return Reply::error(OLD_EPOCH);
     }
+    if let Some(target) = wanted_master(server, state, &sr.entries) {
+        let current = server.replication().master;
+        let same = match (&target, &current) {
+            (Some(t), Some(c)) => t.same_endpoint(c),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            if let Err(e) = server.set_master(target.as_ref()) {
+                state.stats.setrepl_rejected += 1;
+                let what = match &target {
+                    Some(m) => format!("REPLICAOF {m}"),
+                    None => "REPLICAOF NO ONE".to_string(),
+                };
+                return Reply::error(format!("ERR_SETREPL {what} failed: {e}"));
+            }
+        }
+    }
     state.replication = Replication {
         epoch: sr.epoch,
         entries: sr.entries,
     };
+    state.server_master = server.replication().master;
     state.rebuild_table();
     state.stats.setrepl_accepted += 1;
     Reply::Ok
+}
+
+/// What the entries about this node ask of its replication: `Some(Some(master))` to replicate
+/// from `master` (a `replica` entry; the peer's node address is the server to follow),
+/// `Some(None)` to be a master (a `master` entry), `None` when no entry is about this node.
+fn wanted_master(
+    server: &dyn Server,
+    state: &State,
+    entries: &[setrepl::ReplEntry],
+) -> Option<Option<Addr>> {
+    let mine = || entries.iter().filter(|e| is_me(server, state, &e.node));
+    if let Some(replica) = mine().find(|e| e.role == ReplRole::Replica) {
+        return replica.peers.first().map(|p| Some(p.node.clone()));
+    }
+    mine().next().map(|_| None)
 }
 
 /// `READY`: serving at least one stable or importing range, or a replica with no master role.
@@ -228,8 +263,11 @@ mod tests {
         fn listening_ports(&self) -> Vec<u16> {
             vec![self.0, 0]
         }
-        fn repl_offset(&self) -> i64 {
-            0
+        fn replication(&self) -> crate::server_info::ReplicationInfo {
+            crate::server_info::ReplicationInfo::default()
+        }
+        fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
+            Ok(())
         }
         fn keys_in_slot(&self, _slot: u16, _max: usize) -> (u64, Vec<Vec<u8>>) {
             (0, Vec::new())

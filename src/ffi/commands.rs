@@ -11,10 +11,12 @@ use redis_module::raw;
 
 use super::client::{self, Calibration};
 use super::{call, guard, log_notice, log_warning, reply, rm, string_bytes};
+use crate::addr::Addr;
 use crate::commands::connection::{self, CallSite};
 use crate::commands::{cluster, umctl, Server};
 use crate::reply::Reply;
 use crate::resp::Value;
+use crate::server_info::ReplicationInfo;
 use crate::slot::key_slot;
 use crate::state;
 
@@ -105,22 +107,25 @@ impl Server for LiveServer {
             .collect()
     }
 
-    fn repl_offset(&self) -> i64 {
-        // SAFETY: ctx is the context of the command being run.
-        let Ok(Value::Bulk(text)) = (unsafe { call::call(self.ctx, "INFO", &[b"replication"]) })
-        else {
-            return 0;
+    fn replication(&self) -> ReplicationInfo {
+        // SAFETY: ctx is the context of the command being run, on the main thread.
+        unsafe { read_replication_info(self.ctx) }
+    }
+
+    fn set_master(&self, master: Option<&Addr>) -> Result<(), String> {
+        let port;
+        let args: [&[u8]; 2] = match master {
+            Some(m) => {
+                port = m.port.to_string();
+                [m.host.as_bytes(), port.as_bytes()]
+            }
+            None => [b"NO", b"ONE"],
         };
-        let text = String::from_utf8_lossy(&text);
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
-        if text.contains("role:slave") {
-            field("slave_repl_offset:").unwrap_or(0)
-        } else {
-            field("master_repl_offset:").unwrap_or(0)
+        // SAFETY: ctx is the context of the command being run, on the main thread.
+        match unsafe { call::call(self.ctx, "REPLICAOF", &args) } {
+            Ok(Value::Error(e)) => Err(e),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -374,4 +379,15 @@ extern "C" fn probe_command(
     // SAFETY: ctx is the context of this command.
     unsafe { reply::send(ctx, &Reply::Ok) };
     raw::REDISMODULE_OK as c_int
+}
+
+/// The server's `INFO replication`, parsed.
+///
+/// # Safety
+/// `ctx` must be a valid module context on the main thread.
+pub unsafe fn read_replication_info(ctx: *mut raw::RedisModuleCtx) -> ReplicationInfo {
+    match call::call(ctx, "INFO", &[b"replication"]) {
+        Ok(Value::Bulk(text)) => ReplicationInfo::parse(&String::from_utf8_lossy(&text)),
+        _ => ReplicationInfo::default(),
+    }
 }

@@ -1,13 +1,15 @@
 //! Server events the module follows:
 //! - a client disconnects: forget its ASKING/READONLY/transaction state;
 //! - a module loads or unloads: rebuild the command table, so new commands are routed by the key
-//!   positions they declare.
+//!   positions they declare;
+//! - the replication role or the master link changes (`REPLICAOF`): note the server's master,
+//!   so a replica serves `READONLY` reads for its master's slots even without a SETREPL entry.
 
 use std::os::raw::c_void;
 
 use redis_module::raw;
 
-use super::{guard, log_warning, module, rm};
+use super::{commands, guard, log_warning, module, rm};
 use crate::state;
 
 /// Subscribes to the events above.
@@ -18,6 +20,14 @@ pub unsafe fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> {
     let events = [
         (raw::REDISMODULE_EVENT_CLIENT_CHANGE, "client change"),
         (raw::REDISMODULE_EVENT_MODULE_CHANGE, "module change"),
+        (
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            "replication role change",
+        ),
+        (
+            raw::REDISMODULE_EVENT_MASTER_LINK_CHANGE,
+            "master link change",
+        ),
     ];
     for (id, name) in events {
         let event = raw::RedisModuleEvent { id, dataver: 1 };
@@ -52,6 +62,17 @@ unsafe extern "C" fn on_event(
                     "umcluster: keeping the previous command table: {e}"
                 )),
             },
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED
+            | raw::REDISMODULE_EVENT_MASTER_LINK_CHANGE => {
+                let master = commands::read_replication_info(ctx).master;
+                // Busy when UMCTL SETREPL itself ran REPLICAOF: it records the master afterwards.
+                state::try_with_mut(|st| {
+                    if st.server_master != master {
+                        st.server_master = master;
+                        st.rebuild_table();
+                    }
+                });
+            }
             _ => {}
         },
         |_| (),

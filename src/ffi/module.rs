@@ -118,6 +118,7 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
         let count = commands.len();
         state::init(State {
             commands,
+            server_master: commands::read_replication_info(ctx).master,
             ..State::default()
         });
         log_notice(&format!(

@@ -31,7 +31,10 @@ pub fn module_path() -> PathBuf {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -62,18 +65,33 @@ impl Node {
     pub fn start_with(extra: &[&str], with_module: bool) -> Node {
         for _attempt in 0..20 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!("umcluster-it-{}-{port}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("umcluster-it-{}-{port}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create node dir");
             let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .args(["--enable-debug-command", "yes", "--enable-module-command", "yes"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args([
+                "--enable-debug-command",
+                "yes",
+                "--enable-module-command",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
             if with_module {
                 cmd.arg("--loadmodule").arg(module_path());
             }
@@ -89,7 +107,10 @@ impl Node {
                 if let Ok(mut raw) = Raw::connect(port) {
                     let info = raw.cmd(&["INFO", "server"]);
                     let ours = format!("process_id:{}\r\n", node.child.id());
-                    if info.as_bytes().is_some_and(|t| String::from_utf8_lossy(t).contains(&ours)) {
+                    if info
+                        .as_bytes()
+                        .is_some_and(|t| String::from_utf8_lossy(t).contains(&ours))
+                    {
                         return node;
                     }
                 }
@@ -140,7 +161,10 @@ impl Raw {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Raw { stream, buf: Vec::new() })
+        Ok(Raw {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Sends one command and returns its reply.
@@ -227,7 +251,11 @@ impl Cluster {
         let nodes: Vec<Node> = (0..n).map(|_| Node::start()).collect();
         let mut c = Cluster { nodes, epoch: 0 };
         let ranges = split(n);
-        let table: Vec<(usize, Vec<(u16, u16)>)> = ranges.iter().enumerate().map(|(i, r)| (i, vec![*r])).collect();
+        let table: Vec<(usize, Vec<(u16, u16)>)> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, vec![*r]))
+            .collect();
         c.push(&table);
         c
     }
@@ -242,8 +270,16 @@ impl Cluster {
     }
 
     /// `UMCTL SETCLUSTER` arguments for node `me`; `extra_local`/peer groups are appended raw.
-    pub fn setcluster_args(&self, me: usize, table: &[(usize, Vec<(u16, u16)>)], extra: &[String]) -> Vec<String> {
-        let mut args: Vec<String> = ["UMCTL", "SETCLUSTER", "v2"].iter().map(|s| s.to_string()).collect();
+    pub fn setcluster_args(
+        &self,
+        me: usize,
+        table: &[(usize, Vec<(u16, u16)>)],
+        extra: &[String],
+    ) -> Vec<String> {
+        let mut args: Vec<String> = ["UMCTL", "SETCLUSTER", "v2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push(self.epoch.to_string());
         args.push("NOFLAG".into());
         args.push("it".into());

@@ -201,11 +201,6 @@ def test_readonly_connection_reads_from_replica_once_setrepl_names_its_master(se
     check_readonly_cycle(master, replica)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module bug: a replica configured by SETCLUSTER + REPLICAOF (no SETREPL) ignores "
-    "READONLY and answers MOVED for reads of its master's slots; it only learns its master from SETREPL",
-)
 def test_readonly_connection_reads_from_replica_configured_by_setcluster_and_replicaof(servers):
     master, replica = start_pair(servers, "serves-nothing")
     master.client().set("foo", "bar")

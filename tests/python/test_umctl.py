@@ -447,11 +447,6 @@ def test_setrepl_on_a_replica_shows_it_as_myself_slave(servers):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module bug: UMCTL SETREPL with role 'replica' does not issue REPLICAOF "
-    "(umctl.md: 'For a replica, the peer is its master: the module issues REPLICAOF itself')",
-)
 def test_setrepl_replica_role_makes_the_node_replicate_its_master(servers):
     master, replica = servers.start(), servers.start()
     assert push(master, "v2", 1, "NOFLAG", "db", master.addr, 1, "0-16383") == "OK"
