@@ -37,6 +37,39 @@ type RawCommand =
 ///
 /// # Safety
 /// `ctx` must be the context passed to `RedisModule_OnLoad`.
+/// ACL categories of the commands the filter substitutes for client commands, so a restricted
+/// user who may run the original command may run its substitute. Redis 7.0 has no API for module
+/// command categories: there the user needs the commands granted by name (see the README).
+fn acl_categories(name: &[u8]) -> Option<&'static std::ffi::CStr> {
+    match name {
+        b"umcluster.redirect" => Some(c"read"),
+        b"umcluster.asking" | b"umcluster.readonly" | b"umcluster.readwrite" => Some(c"connection"),
+        b"umcluster.cluster" => Some(c"slow"),
+        _ => None,
+    }
+}
+
+/// Sets [`acl_categories`] where the server has `RedisModule_SetCommandACLCategories` (7.2+).
+///
+/// # Safety
+/// `ctx` must be the OnLoad context and `name` a command this module just created.
+unsafe fn set_acl_categories(ctx: *mut raw::RedisModuleCtx, name: &CString) {
+    let (Some(get), Some(set), Some(categories)) = (
+        raw::RedisModule_GetCommand,
+        raw::RedisModule_SetCommandACLCategories,
+        acl_categories(name.as_bytes()),
+    ) else {
+        return;
+    };
+    let command = get(ctx, name.as_ptr());
+    if command.is_null() || set(command, categories.as_ptr()) != raw::REDISMODULE_OK as c_int {
+        log_warning(&format!(
+            "umcluster: cannot set the ACL categories of {}",
+            name.to_string_lossy()
+        ));
+    }
+}
+
 pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> {
     let mut commands: Vec<(String, RawCommand, &str)> = vec![
         ("umctl".into(), umctl_command, UMCTL_FLAGS),
@@ -77,6 +110,7 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         if status != raw::REDISMODULE_OK as c_int {
             return Err(name);
         }
+        set_acl_categories(ctx, &cname);
     }
     Ok(())
 }

@@ -501,3 +501,30 @@ def test_info_section_shows_epoch_and_counts_redirects(servers):
     # The section is also part of INFO everything / INFO modules.
     assert "umcluster_epoch:12" in raw(node, "INFO", "everything")
     assert "umcluster_epoch:12" in raw(node, "INFO", "modules")
+
+
+def test_restricted_acl_user_granted_the_module_commands_gets_native_redirects(servers):
+    """README "ACL users": a user with the module's commands granted sees MOVED and can use
+    ASKING/READONLY/CLUSTER; the same user without them is refused, never served locally."""
+    node = servers.start()
+    assert push(node, "v2", 1, "NOFLAG", "db", node.addr, 1, "0-8191", "PEER", other_addr(node), 1, "8192-16383") == "OK"
+    admin = node.client()
+    admin.execute_command(
+        "ACL", "SETUSER", "app", "on", ">pw", "~*", "+@read", "+@write", "+@connection",
+        "+umcluster.redirect", "+umcluster.asking", "+umcluster.readonly", "+umcluster.readwrite",
+        "+umcluster.cluster",
+    )
+    admin.execute_command("ACL", "SETUSER", "bare", "on", ">pw", "~*", "+@read", "+@write")
+    admin.set(LOCAL_KEY, "v")
+    with RawConnection(node.port) as c:
+        assert c.call("AUTH", "app", "pw") == "OK"
+        assert c.call("GET", LOCAL_KEY) == "v"
+        assert c.call("GET", REMOTE_KEY) == Err(f"MOVED {key_slot(REMOTE_KEY)} {other_addr(node)}")
+        assert c.call("ASKING") == "OK"
+        assert c.call("READONLY") == "OK"
+        assert isinstance(c.call("CLUSTER", "SLOTS"), list)
+    with RawConnection(node.port) as c:
+        assert c.call("AUTH", "bare", "pw") == "OK"
+        reply = c.call("GET", REMOTE_KEY)
+        # Redis 7.0 cannot put module commands in ACL categories: NOPERM; 7.2+: the native MOVED.
+        assert isinstance(reply, Err) and (reply.startswith("NOPERM") or reply.startswith("MOVED")), reply
