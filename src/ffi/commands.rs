@@ -33,10 +33,6 @@ const REDIRECT_FLAGS: &str = "readonly fast allow-loading allow-stale";
 type RawCommand =
     extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
 
-/// Registers every module command. Returns the name that failed, if any.
-///
-/// # Safety
-/// `ctx` must be the context passed to `RedisModule_OnLoad`.
 /// ACL categories of the commands the filter substitutes for client commands, so a restricted
 /// user who may run the original command may run its substitute. Redis 7.0 has no API for module
 /// command categories: there the user needs the commands granted by name (see the README).
@@ -70,6 +66,10 @@ unsafe fn set_acl_categories(ctx: *mut raw::RedisModuleCtx, name: &CString) {
     }
 }
 
+/// Registers every module command. Returns the name that failed, if any.
+///
+/// # Safety
+/// `ctx` must be the context passed to `RedisModule_OnLoad`.
 pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> {
     let mut commands: Vec<(String, RawCommand, &str)> = vec![
         ("umctl".into(), umctl_command, UMCTL_FLAGS),
