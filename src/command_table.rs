@@ -58,6 +58,8 @@ pub enum Role {
     Exec,
     Discard,
     Reset,
+    /// `INFO`: once a topology is in force the module answers it, with `cluster_enabled:1`.
+    Info,
 }
 
 /// Where a command's keys are.
@@ -507,6 +509,7 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
         b"exec" => Role::Exec,
         b"discard" => Role::Discard,
         b"reset" => Role::Reset,
+        b"info" => Role::Info,
         _ => Role::Plain,
     };
 

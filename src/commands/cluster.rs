@@ -93,8 +93,9 @@ pub fn run(server: &dyn Server, state: &State, args: &[&[u8]]) -> Reply {
         ("replicas" | "slaves", 1) => view().replicas_reply(rest[0]),
         ("help", 0) => help(),
         (name, _) if GOSSIP_ONLY.contains(&name) => Reply::error(format!(
-            "ERR CLUSTER {} is not supported: this node's topology is managed by the control plane \
-             (UMCTL SETCLUSTER, or the umcluster admin tool)",
+            "ERR CLUSTER {} is not supported: umcluster nodes do not gossip, their topology is \
+             pushed with UMCTL SETCLUSTER; use the umcluster admin tool (umcluster create, \
+             migrate, add-node, rebalance, failover) instead of redis-cli --cluster",
             name.to_ascii_uppercase()
         )),
         _ => Reply::error(format!(

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod connection;
+pub mod info;
 pub mod umctl;
 
 use crate::addr::Addr;

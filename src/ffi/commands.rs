@@ -41,6 +41,7 @@ fn acl_categories(name: &[u8]) -> Option<&'static std::ffi::CStr> {
         b"umcluster.redirect" => Some(c"read"),
         b"umcluster.asking" | b"umcluster.readonly" | b"umcluster.readwrite" => Some(c"connection"),
         b"umcluster.cluster" => Some(c"slow"),
+        b"umcluster.info" => Some(c"slow dangerous"),
         _ => None,
     }
 }
@@ -91,6 +92,11 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
             REDIRECT_FLAGS,
         ),
         (PROBE_COMMAND.into(), probe_command, CLUSTER_FLAGS),
+        (
+            super::filter::INFO_COMMAND.into(),
+            info_command,
+            CLUSTER_FLAGS,
+        ),
     ];
     for sub in umctl::SUBCOMMANDS {
         commands.push((format!("umctl.{sub}"), umctl_dotted_command, UMCTL_FLAGS));
@@ -400,6 +406,42 @@ extern "C" fn redirect_command(
             .collect();
         let line = CString::new(clean).unwrap_or_default();
         rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
+        raw::REDISMODULE_OK as c_int
+    }
+}
+
+/// `umcluster.info [section ...]`: `INFO` as the server answers it, with `cluster_enabled:1`.
+extern "C" fn info_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    unsafe {
+        calibrate(ctx);
+        let done = guard(
+            "INFO",
+            || {
+                let args = args_of(argv, argc);
+                let args = refs(&args);
+                match call::call(ctx, "INFO", &args[1..]) {
+                    Ok(Value::Bulk(text)) => {
+                        let text = crate::commands::info::patch_cluster_enabled(&text);
+                        rm!(RedisModule_ReplyWithVerbatimString)(
+                            ctx,
+                            text.as_ptr().cast(),
+                            text.len(),
+                        );
+                        Ok(())
+                    }
+                    Ok(Value::Error(e)) | Err(e) => Err(e),
+                    Ok(other) => Err(format!("ERR unexpected INFO reply: {other}")),
+                }
+            },
+            |e| Err(format!("ERR {e}")),
+        );
+        if let Err(e) = done {
+            reply::send(ctx, &Reply::Error(e));
+        }
         raw::REDISMODULE_OK as c_int
     }
 }

@@ -35,6 +35,9 @@ use crate::state::{self, State};
 /// Name of the module command that replies a redirect or error computed by the filter.
 pub const REDIRECT_COMMAND: &str = "umcluster.redirect";
 
+/// Name of the module command that answers `INFO` with `cluster_enabled:1`.
+pub const INFO_COMMAND: &str = "umcluster.info";
+
 /// Error a script gets for a key this node does not serve (native text).
 const SCRIPT_NON_LOCAL: &str = "ERR Script attempted to access a non local key in a cluster node";
 /// Error a script gets while this node has no topology (native text).
@@ -425,7 +428,10 @@ unsafe fn handle_role(st: &mut State, f: &Filter, role: Role) {
         Role::ReadOnly => rename("umcluster.readonly"),
         Role::ReadWrite => rename("umcluster.readwrite"),
         Role::Cluster => rename("umcluster.cluster"),
-        Role::Plain | Role::Multi | Role::Exec | Role::Discard | Role::Reset => {}
+        // Only a configured node claims to be a cluster node; an unconfigured one keeps the
+        // server's own INFO untouched.
+        Role::Info if st.topology.is_some() => rename(INFO_COMMAND),
+        Role::Info | Role::Plain | Role::Multi | Role::Exec | Role::Discard | Role::Reset => {}
     }
     let caller = client::current();
     let Some(id) = caller.id() else {
