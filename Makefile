@@ -12,7 +12,7 @@ VENV ?= .venv
 PORT ?= 7001
 NODES ?= 3
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv lint fmt clean
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean
 
 all: build
 
@@ -36,12 +36,19 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 venv: $(VENV)/.installed
 
+# Node.js cluster clients (ioredis, node-redis) for the client matrix, pinned by package-lock.json.
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: tests/node/node_modules/.installed
+
 test: test-rust test-python
 
 test-rust: build-debug
 	$(CARGO) test -- --test-threads=2
 
-test-python: build-debug venv
+test-python: build-debug venv node-deps
 	UMCLUSTER_MODULE=$(CURDIR)/target/debug/libumcluster.so UMCLUSTER_BIN=$(CURDIR)/target/debug/umcluster \
 		$(VENV)/bin/python -m pytest -q tests/python
 

@@ -97,3 +97,142 @@ fn cluster_client_pipelines_and_hash_tags() {
     let e = crossslot.expect_err("keys in different slots are refused");
     assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
 }
+
+/// The topology change of the client matrix: node 0's first 100 slots (kept empty until then)
+/// move to node 1 with a higher epoch.
+const EMPTY: (u16, u16) = (0, 99);
+
+fn moved_table(c: &Cluster) -> Vec<(usize, Vec<(u16, u16)>)> {
+    let r = split(c.nodes.len());
+    vec![
+        (0, vec![(EMPTY.1 + 1, r[0].1)]),
+        (1, vec![EMPTY, r[1]]),
+        (2, vec![r[2]]),
+    ]
+}
+
+fn outside_empty(prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| umcluster::slot::key_slot(k.as_bytes()) > EMPTY.1)
+        .take(n)
+        .collect()
+}
+
+fn inside_empty(prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| umcluster::slot::key_slot(k.as_bytes()) <= EMPTY.1)
+        .take(n)
+        .collect()
+}
+
+fn assert_on_new_owner(c: &Cluster, keys: &[String]) {
+    for k in keys {
+        assert_eq!(c.nodes[1].raw().cmd(&["EXISTS", k]), Value::Int(1));
+        assert!(
+            matches!(c.nodes[0].raw().cmd(&["GET", k]), Value::Error(e) if e.starts_with("MOVED"))
+        );
+    }
+}
+
+#[test]
+fn matrix_sync_client_follows_a_topology_change_mid_run() {
+    let mut c = Cluster::start(3);
+    let client = ClusterClient::new(vec![format!("redis://{}/", c.nodes[0].addr())])
+        .expect("cluster client");
+    let mut con = client.get_connection().expect("connect");
+    let keys = outside_empty("rs:", 1000);
+    for (i, k) in keys.iter().enumerate() {
+        let _: () = con.set(k, i).expect("SET");
+    }
+    // A Lua script through the cluster connection, routed by its key.
+    let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    let v: i64 = script
+        .key("{rs}lua")
+        .arg(5)
+        .invoke(&mut con)
+        .expect("script");
+    assert_eq!(v, 5);
+    // A transaction on one slot, on the owner (the cluster client has no MULTI).
+    let owner = c.owner_of("{rs}tx");
+    let mut direct = redis::Client::open(format!("redis://{}/", c.nodes[owner].addr()))
+        .expect("client")
+        .get_connection()
+        .expect("direct connection");
+    let (a, b): (String, i64) = redis::pipe()
+        .atomic()
+        .set("{rs}tx", 41)
+        .incr("{rs}tx", 1)
+        .query(&mut direct)
+        .expect("MULTI/EXEC on one slot");
+    assert_eq!((a.as_str(), b), ("OK", 42));
+
+    c.push(&moved_table(&c));
+    let moved = inside_empty("rs-moved:", 20);
+    for k in &moved {
+        let _: () = con
+            .set(k, "after")
+            .expect("SET after the move follows MOVED");
+    }
+    for k in &moved {
+        let v: String = con.get(k).expect("GET after the move");
+        assert_eq!(v, "after");
+    }
+    assert_on_new_owner(&c, &moved);
+    for (i, k) in keys.iter().enumerate().take(300) {
+        let v: usize = con.get(k).expect("old keys still readable");
+        assert_eq!(v, i);
+    }
+}
+
+#[test]
+fn matrix_async_client_follows_a_topology_change_mid_run() {
+    let mut c = Cluster::start(3);
+    let seed = format!("redis://{}/", c.nodes[2].addr());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let keys = outside_empty("ars:", 1000);
+    let client = ClusterClient::new(vec![seed]).expect("cluster client");
+    let mut con = rt
+        .block_on(client.get_async_connection())
+        .expect("async connect");
+    rt.block_on(async {
+        use redis::AsyncCommands;
+        for (i, k) in keys.iter().enumerate() {
+            let _: () = con.set(k, i).await.expect("async SET");
+        }
+        // The async cluster pipeline wants one slot: one hash tag.
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("INCRBY").arg(format!("{{ars-p}}{i}")).arg(i);
+        }
+        let incremented: Vec<usize> = pipe.query_async(&mut con).await.expect("async pipeline");
+        assert_eq!(incremented, (0..100).collect::<Vec<_>>());
+        let _: () = redis::cmd("MSET")
+            .arg("{ars}a")
+            .arg("1")
+            .arg("{ars}b")
+            .arg("2")
+            .query_async(&mut con)
+            .await
+            .expect("MSET with one tag");
+        let both: Vec<String> = con.mget(&["{ars}a", "{ars}b"]).await.expect("MGET");
+        assert_eq!(both, vec!["1", "2"]);
+    });
+    c.push(&moved_table(&c));
+    let moved = inside_empty("ars-moved:", 20);
+    rt.block_on(async {
+        use redis::AsyncCommands;
+        for k in &moved {
+            let _: () = con.set(k, "after").await.expect("async SET after the move");
+        }
+        for (i, k) in keys.iter().enumerate().skip(100).take(200) {
+            let v: usize = con.get(k).await.expect("old keys still readable");
+            assert_eq!(v, i);
+        }
+    });
+    assert_on_new_owner(&c, &moved);
+}
