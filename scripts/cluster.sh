@@ -51,13 +51,21 @@ start() {
 }
 
 stop() {
+    local stopped=()
     for port in $(ports); do
-        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        if redis-cli -p "$port" ping >/dev/null 2>&1; then
+            redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+            stopped+=("$port")
+        fi
     done
-    for port in $(ports); do
+    for port in "${stopped[@]}"; do
         wait_until 10 bash -c "! redis-cli -p $port ping" || echo "node $port is still running" >&2
     done
-    echo "stopped nodes on ports $(ports | tr '\n' ' ')"
+    if ((${#stopped[@]})); then
+        echo "stopped nodes on ports ${stopped[*]}"
+    else
+        echo "no node was running on ports $(ports | tr '\n' ' ')"
+    fi
 }
 
 case "$cmd" in
