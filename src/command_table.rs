@@ -60,6 +60,9 @@ pub enum Role {
     Reset,
     /// `INFO`: once a topology is in force the module answers it, with `cluster_enabled:1`.
     Info,
+    /// `PUBLISH`: once a topology is in force the module runs it and forwards the message to
+    /// the other masters (see `pubsub`).
+    Publish,
 }
 
 /// Where a command's keys are.
@@ -510,6 +513,7 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
         b"discard" => Role::Discard,
         b"reset" => Role::Reset,
         b"info" => Role::Info,
+        b"publish" => Role::Publish,
         _ => Role::Plain,
     };
 

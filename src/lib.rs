@@ -17,6 +17,7 @@ pub mod commands;
 pub mod connections;
 pub mod ffi;
 pub mod node_id;
+pub mod pubsub;
 pub mod reply;
 pub mod resp;
 pub mod router;

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use crate::addr::Addr;
 use crate::command_table::CommandTable;
 use crate::connections::Connections;
+use crate::pubsub::Forwarder;
 use crate::router::SlotTable;
 use crate::stats::Stats;
 use crate::topology::setrepl::{ReplEntry, ReplRole};
@@ -69,6 +70,8 @@ pub struct State {
     /// it. Used as this node's master when no SETREPL entry names one, so a replica attached by
     /// hand still serves `READONLY` reads for its master's slots.
     pub server_master: Option<Addr>,
+    /// Forwards the `PUBLISH`es of this node's clients to the other masters.
+    pub publish: Forwarder,
 }
 
 impl State {
@@ -91,6 +94,7 @@ impl State {
         let Some(topology) = &self.topology else {
             self.table = SlotTable::unconfigured();
             self.redirect_addrs.clear();
+            self.publish.set_peers(Vec::new());
             self.table_version += 1;
             return;
         };
@@ -109,6 +113,14 @@ impl State {
                 })
             });
         self.table = topology.slot_table(my_master);
+        self.publish.set_peers(
+            topology
+                .nodes
+                .iter()
+                .filter(|n| !n.myself)
+                .map(|n| n.addr.clone())
+                .collect(),
+        );
         self.redirect_addrs = topology
             .nodes
             .iter()

@@ -21,16 +21,30 @@ pub unsafe fn call(
     command: &str,
     args: &[&[u8]],
 ) -> Result<Value, String> {
+    // "v": arguments as an array of strings; "E": errors come back as replies, not as NULL.
+    call_with(ctx, command, args, c"vE")
+}
+
+/// Like [`call`], with `RedisModule_Call` format flags of the caller's choice (they must include
+/// `v` and `E`): `C` checks the calling user's ACL, `!` replicates the command.
+///
+/// # Safety
+/// `ctx` must be a valid module context for the current thread.
+pub unsafe fn call_with(
+    ctx: *mut raw::RedisModuleCtx,
+    command: &str,
+    args: &[&[u8]],
+    format: &std::ffi::CStr,
+) -> Result<Value, String> {
     let name = CString::new(command).map_err(|_| "command name contains NUL".to_string())?;
     let mut argv: Vec<*mut raw::RedisModuleString> = args
         .iter()
         .map(|a| rm!(RedisModule_CreateString)(ctx, a.as_ptr().cast(), a.len()))
         .collect();
-    // "v": arguments as an array of strings; "E": errors come back as replies, not as NULL.
     let reply = rm!(RedisModule_Call)(
         ctx,
         name.as_ptr(),
-        c"vE".as_ptr(),
+        format.as_ptr(),
         argv.as_mut_ptr(),
         argv.len(),
     );

@@ -14,6 +14,7 @@ use super::{call, guard, log_notice, log_warning, reply, rm, string_bytes};
 use crate::addr::Addr;
 use crate::commands::connection::{self, CallSite};
 use crate::commands::{cluster, umctl, Server};
+use crate::pubsub::PUBLISHED_COMMAND;
 use crate::reply::Reply;
 use crate::resp::Value;
 use crate::server_info::ReplicationInfo;
@@ -30,6 +31,10 @@ const CLUSTER_FLAGS: &str = "allow-loading allow-stale";
 /// (OOM, read-only replica, min-replicas), and usable from scripts.
 const REDIRECT_FLAGS: &str = "readonly fast allow-loading allow-stale";
 
+/// Flags of the publish commands: like `PUBLISH` (usable while loading, on a stale replica, in
+/// scripts).
+const PUBLISH_FLAGS: &str = "pubsub fast allow-loading allow-stale";
+
 type RawCommand =
     extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
 
@@ -42,6 +47,7 @@ fn acl_categories(name: &[u8]) -> Option<&'static std::ffi::CStr> {
         b"umcluster.asking" | b"umcluster.readonly" | b"umcluster.readwrite" => Some(c"connection"),
         b"umcluster.cluster" => Some(c"slow"),
         b"umcluster.info" => Some(c"slow dangerous"),
+        b"umcluster.publish" | b"umcluster.published" => Some(c"pubsub fast"),
         _ => None,
     }
 }
@@ -97,6 +103,12 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
             info_command,
             CLUSTER_FLAGS,
         ),
+        (
+            super::filter::PUBLISH_COMMAND.into(),
+            publish_command,
+            PUBLISH_FLAGS,
+        ),
+        (PUBLISHED_COMMAND.into(), published_command, PUBLISH_FLAGS),
     ];
     for sub in umctl::SUBCOMMANDS {
         commands.push((format!("umctl.{sub}"), umctl_dotted_command, UMCTL_FLAGS));
@@ -444,6 +456,77 @@ extern "C" fn info_command(
         }
         raw::REDISMODULE_OK as c_int
     }
+}
+
+/// Runs `PUBLISH channel message` locally as the calling user (ACL channel rules apply),
+/// replicated like a native PUBLISH; `forward`: then hands the message to the other masters.
+///
+/// # Safety
+/// `ctx`, `argv`, `argc` are what the server passed to a module command.
+unsafe fn publish(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    forward: bool,
+) -> c_int {
+    calibrate(ctx);
+    let reply = guard(
+        "PUBLISH",
+        || {
+            if argc != 3 {
+                return Reply::error("ERR wrong number of arguments for 'publish' command");
+            }
+            let args = args_of(argv, argc);
+            // "C": the caller's ACL (channel permissions included); "!": replicate as PUBLISH.
+            match call::call_with(ctx, "PUBLISH", &[&args[1], &args[2]], c"vEC!") {
+                Ok(Value::Int(receivers)) => {
+                    if forward {
+                        state::with_mut(|st| st.publish.forward(&args[1], &args[2]));
+                    }
+                    Reply::Int(receivers)
+                }
+                Ok(Value::Error(e)) | Err(e) => Reply::Error(native_acl_error(e)),
+                Ok(other) => Reply::Error(format!("ERR unexpected PUBLISH reply: {other}")),
+            }
+        },
+        Reply::Error,
+    );
+    reply::send(ctx, &reply);
+    raw::REDISMODULE_OK as c_int
+}
+
+/// `RedisModule_Call`'s ACL refusals (`acl verification failed, ...`) in the words a native
+/// `PUBLISH` uses, so clients see the `NOPERM` they expect.
+fn native_acl_error(e: String) -> String {
+    let text = e.strip_prefix("ERR ").unwrap_or(&e);
+    if !text.starts_with("acl verification failed") {
+        e
+    } else if text.contains("channel") {
+        "NOPERM this user has no permissions to access one of the channels used as arguments".into()
+    } else {
+        "NOPERM this user has no permissions to run the 'publish' command".into()
+    }
+}
+
+/// `umcluster.publish channel message`: a client's `PUBLISH`, forwarded to the other masters.
+extern "C" fn publish_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    // SAFETY: arguments as the server passed them.
+    unsafe { publish(ctx, argv, argc, true) }
+}
+
+/// `umcluster.published channel message`: a message another master forwarded; published here
+/// only.
+extern "C" fn published_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    // SAFETY: arguments as the server passed them.
+    unsafe { publish(ctx, argv, argc, false) }
 }
 
 extern "C" fn probe_command(

@@ -35,6 +35,9 @@ use crate::state::{self, State};
 /// Name of the module command that replies a redirect or error computed by the filter.
 pub const REDIRECT_COMMAND: &str = "umcluster.redirect";
 
+/// Name of the module command that runs a client's `PUBLISH` and forwards it to the peers.
+pub const PUBLISH_COMMAND: &str = "umcluster.publish";
+
 /// Name of the module command that answers `INFO` with `cluster_enabled:1`.
 pub const INFO_COMMAND: &str = "umcluster.info";
 
@@ -431,7 +434,22 @@ unsafe fn handle_role(st: &mut State, f: &Filter, role: Role) {
         // Only a configured node claims to be a cluster node; an unconfigured one keeps the
         // server's own INFO untouched.
         Role::Info if st.topology.is_some() => rename(INFO_COMMAND),
-        Role::Info | Role::Plain | Role::Multi | Role::Exec | Role::Discard | Role::Reset => {}
+        // A client's PUBLISH reaches the other masters too; the master link's and AOF's are
+        // replays of publishes already forwarded where they were made.
+        Role::Publish
+            if st.topology.is_some()
+                && f.argc == 3
+                && matches!(client::current(), c @ Caller::Client { .. } if !c.must_obey()) =>
+        {
+            rename(PUBLISH_COMMAND)
+        }
+        Role::Info
+        | Role::Publish
+        | Role::Plain
+        | Role::Multi
+        | Role::Exec
+        | Role::Discard
+        | Role::Reset => {}
     }
     let caller = client::current();
     let Some(id) = caller.id() else {

@@ -8,6 +8,7 @@
 //! ```
 
 use std::ffi::CString;
+use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::raw;
 
@@ -81,6 +82,14 @@ pub fn fields(st: &State) -> Vec<(&'static str, String)> {
         ("setrepl_accepted", s.setrepl_accepted.to_string()),
         ("setrepl_rejected", s.setrepl_rejected.to_string()),
         ("tracked_connections", st.connections.len().to_string()),
+        (
+            "publish_forwarded",
+            st.publish.stats.forwarded.load(Relaxed).to_string(),
+        ),
+        (
+            "publish_dropped",
+            st.publish.stats.dropped.load(Relaxed).to_string(),
+        ),
         ("migrations_running", "0".to_string()),
         ("migration_keys_moved", "0".to_string()),
         ("migration_bytes_moved", "0".to_string()),

@@ -6,7 +6,7 @@
 // The plan (built by the Python test) names the seed nodes, a slot range that holds no key, and the
 // UMCTL SETCLUSTER pushes that hand that range to another node. The scenario writes and reads keys
 // across all slots, multi-key commands with a hash tag, a pipeline, a one-slot transaction, a Lua
-// script, sharded pub/sub, then pushes the new topology mid-run and writes into the moved range.
+// script, sharded and classic pub/sub, then pushes the new topology mid-run and writes into the moved range.
 // It prints one JSON line {"ok": true, ...} and exits 0, or prints the failure and exits 1.
 "use strict";
 
@@ -70,6 +70,17 @@ function ioredisClient() {
       sub.disconnect();
       return msg;
     },
+    classicPubSub: async (channel, message) => {
+      const sub = new Redis.Cluster(plan.seeds.map(([host, port]) => ({ host, port })));
+      const got = new Promise((resolve) =>
+        sub.on("message", (ch, msg) => ch === channel && resolve(msg)),
+      );
+      await sub.subscribe(channel);
+      await c.publish(channel, message);
+      const msg = await withDeadline(got, 5000, "classic message");
+      sub.disconnect();
+      return msg;
+    },
     close: () => c.disconnect(),
   };
 }
@@ -104,6 +115,15 @@ async function nodeRedisClient() {
       await c.sPublish(channel, message);
       const msg = await withDeadline(got, 5000, "sharded message");
       await c.sUnsubscribe(channel);
+      return msg;
+    },
+    classicPubSub: async (channel, message) => {
+      let resolve;
+      const got = new Promise((r) => (resolve = r));
+      await c.subscribe(channel, (msg) => resolve(msg));
+      await c.publish(channel, message);
+      const msg = await withDeadline(got, 5000, "classic message");
+      await c.unsubscribe(channel);
       return msg;
     },
     close: () => c.close(),
@@ -163,6 +183,10 @@ async function main() {
 
   // 6. Sharded pub/sub.
   assert.strictEqual(await c.shardedPubSub(`${clientName}-chan`, "hello"), "hello");
+  // Classic pub/sub: the client may subscribe and publish on different nodes.
+  for (let i = 0; i < 5; i++) {
+    assert.strictEqual(await c.classicPubSub(`${clientName}-classic-${i}`, "hi"), "hi");
+  }
 
   // 7. Topology change mid-run: the empty range moves to another node.
   for (const push of plan.pushes) {
