@@ -30,6 +30,8 @@ impl CmdFlags {
     pub const PUBSUB_SHARD: CmdFlags = CmdFlags(1 << 3);
     /// `MIGRATE` runs locally whenever its slot is migrating or importing (native rule).
     pub const MIGRATE: CmdFlags = CmdFlags(1 << 4);
+    /// The command may block the client (`blocking` flag: BLPOP, BZPOPMIN, XREAD ...).
+    pub const BLOCKING: CmdFlags = CmdFlags(1 << 5);
 
     pub const fn empty() -> CmdFlags {
         CmdFlags(0)
@@ -481,6 +483,9 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
     }
     if has_flag("asking") {
         flags = flags.union(CmdFlags::ASKING);
+    }
+    if has_flag("blocking") {
+        flags = flags.union(CmdFlags::BLOCKING);
     }
     match full_name.as_slice() {
         b"ssubscribe" | b"sunsubscribe" | b"spublish" => {

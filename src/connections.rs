@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use crate::command_table::Role;
+use crate::router::{SlotRoute, SlotTable};
 
 /// What the module remembers about one connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct Connections {
     /// The client whose current command consumed `ASKING`: the inner calls of a script that
     /// command runs see `ASKING` too.
     script_asking: Option<u64>,
+    /// Slot of the last blocking command each client ran (BLPOP and friends): when the topology
+    /// takes that slot away, the client may be blocked on a key this node no longer serves.
+    blocking: HashMap<u64, u16>,
 }
 
 impl Connections {
@@ -146,8 +150,33 @@ impl Connections {
         self.disconnect(id);
     }
 
+    /// `id` runs a blocking command on `slot` here.
+    pub fn note_blocking(&mut self, id: u64, slot: u16) {
+        self.blocking.insert(id, slot);
+    }
+
+    /// Clients whose last blocking command was on a slot `table` no longer lets this node serve
+    /// (neither owned, migrating away, nor importing): they may wait forever for a key whose
+    /// writes now go elsewhere. Forgets them.
+    pub fn take_blocked_elsewhere(&mut self, table: &SlotTable) -> Vec<u64> {
+        let mut gone = Vec::new();
+        self.blocking.retain(|&id, &mut slot| {
+            let served = matches!(
+                table.get(slot),
+                SlotRoute::Owned | SlotRoute::Migrating { .. } | SlotRoute::Importing { .. }
+            );
+            if !served {
+                gone.push(id);
+            }
+            served
+        });
+        gone.sort_unstable();
+        gone
+    }
+
     /// The connection closed.
     pub fn disconnect(&mut self, id: u64) {
+        self.blocking.remove(&id);
         if let Some(state) = self.clients.remove(&id) {
             if state.asking {
                 self.asking_armed -= 1;
@@ -177,6 +206,26 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_clients_are_released_only_when_their_slot_leaves() {
+        let mut c = Connections::default();
+        c.note_blocking(1, 10);
+        c.note_blocking(2, 20);
+        c.note_blocking(3, 30);
+        c.note_blocking(4, 40);
+        c.disconnect(4);
+        let mut table = SlotTable::unconfigured();
+        table.set(10, SlotRoute::Owned);
+        table.set(20, SlotRoute::Migrating { to: 1 });
+        table.set(30, SlotRoute::Remote { owner: 1 });
+        table.set(40, SlotRoute::Remote { owner: 1 });
+        assert_eq!(c.take_blocked_elsewhere(&table), vec![3]);
+        // Forgotten once released.
+        assert_eq!(c.take_blocked_elsewhere(&table), Vec::<u64>::new());
+        table.set(10, SlotRoute::Unassigned);
+        assert_eq!(c.take_blocked_elsewhere(&table), vec![1]);
+    }
 
     #[test]
     fn asking_applies_to_the_next_command_only() {

@@ -20,4 +20,6 @@ pub struct Stats {
     pub setcluster_rejected: u64,
     pub setrepl_accepted: u64,
     pub setrepl_rejected: u64,
+    /// Blocked clients released (`CLIENT UNBLOCK`) because their slot left this node.
+    pub blocked_released: u64,
 }

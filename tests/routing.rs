@@ -527,3 +527,43 @@ fn stale_and_malformed_pushes_leave_the_table_and_the_server_alone() {
     c.push(&[(0, vec![(0, 16383)])]);
     assert_eq!(c.nodes[0].raw().line("UMCTL GETEPOCH"), Value::Int(2));
 }
+
+#[test]
+fn clients_blocked_on_a_slot_that_moves_away_are_released_and_then_redirected() {
+    let mut c = two_nodes();
+    let moving = key_in((0, 99), "bq");
+    let staying = key_in((100, 8191), "bq");
+    let moving_slot = key_slot(moving.as_bytes());
+    let mut w1 = c.nodes[0].raw();
+    w1.cmd(&["CLIENT", "SETNAME", "w1"]);
+    w1.send(&["BLPOP", &moving, "0"]);
+    let mut w2 = c.nodes[0].raw();
+    w2.cmd(&["CLIENT", "SETNAME", "w2"]);
+    w2.send(&["BLPOP", &staying, "0"]);
+    let mut admin = c.nodes[0].raw();
+    wait_until(Duration::from_secs(5), "both clients to block", || {
+        let list = admin.line("CLIENT LIST");
+        let text = String::from_utf8_lossy(list.as_bytes().unwrap_or_default()).into_owned();
+        text.lines()
+            .filter(|l| (l.contains("name=w1") || l.contains("name=w2")) && l.contains("cmd=blpop"))
+            .count()
+            == 2
+    });
+    // Slots 0-99 move to node 1.
+    c.push(&[(0, vec![(100, 8191)]), (1, vec![(0, 99), (8192, 16383)])]);
+    assert_eq!(
+        err(w1.read()),
+        "UNBLOCKED client unblocked via CLIENT UNBLOCK"
+    );
+    assert_eq!(
+        err(w1.cmd(&["BLPOP", &moving, "0"])),
+        format!("MOVED {moving_slot} {}", c.nodes[1].addr())
+    );
+    // The other client still waits on its slot, and gets its element.
+    assert_eq!(admin.cmd(&["RPUSH", &staying, "x"]), Value::Int(1));
+    assert_eq!(w2.read(), Value::Array(vec![bulk(&staying), bulk("x")]));
+    assert!(matches!(
+        admin.line("INFO umcluster"),
+        Value::Bulk(ref t) if String::from_utf8_lossy(t).contains("umcluster_blocked_released:1")
+    ));
+}

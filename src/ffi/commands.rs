@@ -310,9 +310,41 @@ extern "C" fn umctl_command(
             let Some((sub, rest)) = args[1..].split_first() else {
                 return Reply::error("ERR wrong number of arguments for 'umctl' command");
             };
-            let server = LiveServer { ctx };
-            state::with_mut(|st| umctl::run(&server, st, sub, rest))
+            run_umctl(ctx, sub, rest)
         })
+    }
+}
+
+/// Runs a UMCTL subcommand, then releases the clients blocked on keys of slots the new table
+/// no longer serves here.
+///
+/// # Safety
+/// `ctx` is the context of the command being run.
+unsafe fn run_umctl(ctx: *mut raw::RedisModuleCtx, sub: &[u8], args: &[&[u8]]) -> Reply {
+    let server = LiveServer { ctx };
+    let reply = state::with_mut(|st| umctl::run(&server, st, sub, args));
+    release_blocked_elsewhere(ctx);
+    reply
+}
+
+/// A client blocked (BLPOP...) on a key whose slot moved would wait forever: writes to that key
+/// now go to the new owner. A native node answers it `-MOVED`; a module can only end another
+/// client's block through `CLIENT UNBLOCK`, so the client gets
+/// `-UNBLOCKED client unblocked via CLIENT UNBLOCK` and, retrying, the redirect.
+///
+/// # Safety
+/// `ctx` is a valid module context on the main thread.
+unsafe fn release_blocked_elsewhere(ctx: *mut raw::RedisModuleCtx) {
+    let ids = state::with_mut(|st| st.connections.take_blocked_elsewhere(&st.table));
+    for id in ids {
+        let id = id.to_string();
+        let released = matches!(
+            call::call(ctx, "CLIENT", &[b"UNBLOCK", id.as_bytes(), b"ERROR"]),
+            Ok(Value::Int(1))
+        );
+        if released {
+            state::with_mut(|st| st.stats.blocked_released += 1);
+        }
     }
 }
 
@@ -327,8 +359,7 @@ extern "C" fn umctl_dotted_command(
             let args = refs(&args);
             // "umctl.setcluster" -> "setcluster"
             let sub = args[0].splitn(2, |&b| b == b'.').nth(1).unwrap_or_default();
-            let server = LiveServer { ctx };
-            state::with_mut(|st| umctl::run(&server, st, sub, &args[1..]))
+            run_umctl(ctx, sub, &args[1..])
         })
     }
 }

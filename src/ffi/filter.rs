@@ -274,6 +274,7 @@ unsafe fn route_command(st: &mut State, f: &Filter) {
         && st.table.owned_stable(slot)
         && !st.connections.asking_pending()
         && !caller.in_multi()
+        && !flags.contains(CmdFlags::BLOCKING)
     {
         return;
     }
@@ -416,6 +417,13 @@ unsafe fn slow_path(
         let text = error_text(st, decision);
         count(st, decision);
         f.reply_error(&text);
+    } else if let (true, Some(id), Some(slot), false) = (
+        flags.contains(CmdFlags::BLOCKING),
+        id,
+        slot,
+        caller.must_obey(),
+    ) {
+        st.connections.note_blocking(id, slot);
     }
 }
 

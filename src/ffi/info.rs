@@ -82,6 +82,7 @@ pub fn fields(st: &State) -> Vec<(&'static str, String)> {
         ("setrepl_accepted", s.setrepl_accepted.to_string()),
         ("setrepl_rejected", s.setrepl_rejected.to_string()),
         ("tracked_connections", st.connections.len().to_string()),
+        ("blocked_released", s.blocked_released.to_string()),
         (
             "publish_forwarded",
             st.publish.stats.forwarded.load(Relaxed).to_string(),
