@@ -201,8 +201,9 @@ backend redis
 
 # --- callgrind --------------------------------------------------------------------------------
 
-ALLOC_FNS = re.compile(r"^(z(try)?(malloc|calloc|realloc)(_usable|_num)?|malloc|calloc|realloc"
-                       r"|RM_Alloc|RM_Calloc|RM_Realloc)$")
+# Every zmalloc()/RedisModule_Alloc() ends in one of these (libjemalloc's entry points on Debian).
+ALLOC_FNS = re.compile(r"^(malloc|calloc|realloc)$")
+MODULE_ALLOC_FNS = re.compile(r"^RM_(Alloc|Calloc|Realloc|TryAlloc)$")
 
 
 def parse_callgrind(path):
@@ -228,9 +229,9 @@ def parse_callgrind(path):
             elif line.startswith("calls="):
                 n = int(line[6:].split()[0])
                 short = cfn.split("'")[0]
-                if ALLOC_FNS.match(short) and not ALLOC_FNS.match(fn.split("'")[0]):
+                if ALLOC_FNS.match(short):
                     allocs += n
-                if short == "RM_Alloc" or short == "RM_Calloc" or short == "RM_Realloc":
+                if MODULE_ALLOC_FNS.match(short):
                     module_allocs += n
             elif line.startswith("totals:") or line.startswith("summary:"):
                 total = int(line.split()[1])
@@ -308,7 +309,7 @@ def instr(opts, workdir):
     print(f"\nMOVED reply (GET of a key a peer owns), module-half: {moved:.0f} instructions "
           f"per command ({moved / get:.2f}x an owned GET)")
     print("\nAllocator calls per command inside processCommand "
-          "(zmalloc family / of which RedisModule_Alloc by the module)")
+          "(malloc/calloc/realloc / of which RedisModule_Alloc by the module)")
     print(f"| {'command':<12} | " + " | ".join(f"{m:>14}" for m in MODES) + " |")
     print("|" + "|".join(["-" * 14] + ["-" * 16] * len(MODES)) + "|")
     for label in labels + ["MOVED (GET)"]:
