@@ -3,6 +3,8 @@
 #   make cluster        build (release) and start a local 3-node cluster on ports 7001-7003
 #   make cluster-stop   stop it
 #   make test           every test: unit, Rust integration (redis-rs), Python (redis-py, redis-cli)
+#   make bench          benchmarks (callgrind instruction counts, throughput vs plain and haproxy);
+#                       not part of `make test`. BENCH_ARGS are passed to bench/bench.py.
 #
 # Variables: PORT (first port, default 7001), NODES (default 3) for `make cluster`.
 
@@ -12,7 +14,7 @@ VENV ?= .venv
 PORT ?= 7001
 NODES ?= 3
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench
 
 all: build
 
@@ -51,6 +53,9 @@ test-rust: build-debug
 test-python: build-debug venv node-deps
 	UMCLUSTER_MODULE=$(CURDIR)/target/debug/libumcluster.so UMCLUSTER_BIN=$(CURDIR)/target/debug/umcluster \
 		$(VENV)/bin/python -m pytest -q tests/python
+
+bench: build
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

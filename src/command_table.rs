@@ -289,11 +289,32 @@ pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
 
 /// A small open-addressing hash map from case-insensitive ASCII names to values.
 ///
-/// Lookups hash the name while lower-casing it, so the filter needs no buffer and no allocation.
+/// Lookups never lower-case into a buffer: the first 16 bytes of a name are loaded as two
+/// 64-bit words and lower-cased eight bytes at a time, the hash is computed from those words,
+/// and a stored name is compared word by word. Command names are at most 16 bytes with few
+/// exceptions (those also compare the rest byte by byte), so finding `GET` costs a few dozen
+/// instructions and no allocation.
 #[derive(Clone, Debug)]
 pub struct NameMap<T> {
-    slots: Vec<Option<(Box<[u8]>, T)>>,
+    slots: Vec<Option<NameSlot<T>>>,
     mask: usize,
+    len: usize,
+}
+
+#[derive(Clone, Debug)]
+struct NameSlot<T> {
+    /// The first 16 bytes of `name`, lower-cased, zero-padded.
+    words: NameWords,
+    /// The whole name, lower-cased.
+    name: Box<[u8]>,
+    value: T,
+}
+
+/// First 16 bytes of a name (lower-cased, zero-padded) and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NameWords {
+    lo: u64,
+    hi: u64,
     len: usize,
 }
 
@@ -303,15 +324,58 @@ impl<T> Default for NameMap<T> {
     }
 }
 
-#[inline]
-fn name_hash(name: &[u8]) -> usize {
-    // FNV-1a over the lower-cased bytes.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in name {
-        h ^= b.to_ascii_lowercase() as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Loads up to 8 bytes as a little-endian word, zero-padded, without reading past `b`.
+#[inline(always)]
+fn load_word(b: &[u8]) -> u64 {
+    let n = b.len().min(8);
+    if n == 8 {
+        return u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     }
-    (h ^ (h >> 29)) as usize
+    if n >= 4 {
+        // Two overlapping 4-byte reads: the shared bytes hold the same values.
+        let a = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
+        let z = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]) as u64;
+        return a | (z << (8 * (n - 4)));
+    }
+    if n == 0 {
+        return 0;
+    }
+    // 1 to 3 bytes: first, middle, last (overlapping for 1 and 2).
+    (b[0] as u64) | ((b[n / 2] as u64) << (8 * (n / 2))) | ((b[n - 1] as u64) << (8 * (n - 1)))
+}
+
+/// ASCII lower-casing of eight bytes at once: `A`..=`Z` gain 0x20, every other byte is kept.
+#[inline(always)]
+fn lower_word(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HIGH;
+    // High bit of each byte set iff its low 7 bits are >= 'A' (resp. > 'Z').
+    let ge_a = low7 + ONES * (0x80 - b'A' as u64);
+    let gt_z = low7 + ONES * (0x80 - b'Z' as u64 - 1);
+    // Upper-case letter: >= 'A', not > 'Z', and a 7-bit byte.
+    let upper = ge_a & !gt_z & !x & HIGH;
+    x | (upper >> 2)
+}
+
+#[inline(always)]
+fn name_words(name: &[u8]) -> NameWords {
+    let hi = if name.len() > 8 {
+        lower_word(load_word(&name[8..name.len().min(16)]))
+    } else {
+        0
+    };
+    NameWords {
+        lo: lower_word(load_word(name)),
+        hi,
+        len: name.len(),
+    }
+}
+
+#[inline(always)]
+fn words_hash(w: &NameWords) -> usize {
+    let h = (w.lo ^ w.hi.rotate_left(29) ^ w.len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h ^ (h >> 32)) as usize
 }
 
 impl<T> NameMap<T> {
@@ -338,16 +402,21 @@ impl<T> NameMap<T> {
             self.grow();
         }
         let lower: Box<[u8]> = name.to_ascii_lowercase().into_boxed_slice();
-        let mut i = name_hash(&lower) & self.mask;
+        let words = name_words(&lower);
+        let mut i = words_hash(&words) & self.mask;
         loop {
             match &mut self.slots[i] {
-                Some((k, v)) if **k == *lower => {
-                    *v = value;
+                Some(slot) if *slot.name == *lower => {
+                    slot.value = value;
                     return;
                 }
                 Some(_) => i = (i + 1) & self.mask,
                 empty @ None => {
-                    *empty = Some((lower, value));
+                    *empty = Some(NameSlot {
+                        words,
+                        name: lower,
+                        value,
+                    });
                     self.len += 1;
                     return;
                 }
@@ -361,20 +430,23 @@ impl<T> NameMap<T> {
         self.slots = (0..size).map(|_| None).collect();
         self.mask = size - 1;
         self.len = 0;
-        for (k, v) in old.into_iter().flatten() {
-            self.insert(&k, v);
+        for slot in old.into_iter().flatten() {
+            self.insert(&slot.name, slot.value);
         }
     }
 
     /// Finds `name`, ignoring ASCII case.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, name: &[u8]) -> Option<&T> {
-        let mut i = name_hash(name) & self.mask;
+        let words = name_words(name);
+        let mut i = words_hash(&words) & self.mask;
         loop {
             match &self.slots[i] {
-                Some((k, v)) => {
-                    if k.len() == name.len() && k.eq_ignore_ascii_case(name) {
-                        return Some(v);
+                Some(slot) => {
+                    if slot.words == words
+                        && (words.len <= 16 || slot.name[16..].eq_ignore_ascii_case(&name[16..]))
+                    {
+                        return Some(&slot.value);
                     }
                     i = (i + 1) & self.mask;
                 }
@@ -384,7 +456,7 @@ impl<T> NameMap<T> {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten().map(|(_, v)| v)
+        self.slots.iter().flatten().map(|s| &s.value)
     }
 }
 
@@ -610,6 +682,58 @@ mod tests {
     }
     fn int(i: i64) -> Value {
         Value::Int(i)
+    }
+
+    #[test]
+    fn word_lowercasing_matches_ascii_lowercasing_for_every_byte() {
+        for b in 0..=255u8 {
+            let name = [b; 20];
+            for len in 0..=20 {
+                let w = name_words(&name[..len]);
+                let lower = name[..len.min(16)].to_ascii_lowercase();
+                let mut padded = [0u8; 16];
+                padded[..lower.len()].copy_from_slice(&lower);
+                assert_eq!(w.lo.to_le_bytes(), padded[..8], "byte {b} len {len}");
+                assert_eq!(w.hi.to_le_bytes(), padded[8..], "byte {b} len {len}");
+                assert_eq!(w.len, len);
+            }
+        }
+    }
+
+    #[test]
+    fn name_map_finds_names_of_every_length_in_any_case() {
+        let names: Vec<String> = (0..=24)
+            .map(|n| {
+                (0..n)
+                    .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+                    .collect()
+            })
+            .collect();
+        let mut map = NameMap::default();
+        for (i, n) in names.iter().enumerate() {
+            map.insert(n.as_bytes(), i);
+        }
+        assert_eq!(map.len(), names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(map.get(n.as_bytes()), Some(&i), "{n}");
+            assert_eq!(map.get(n.to_uppercase().as_bytes()), Some(&i), "{n}");
+            let mut other = n.clone().into_bytes();
+            if let Some(last) = other.last_mut() {
+                *last = b'#';
+                assert_eq!(map.get(&other), None, "{n}");
+            }
+        }
+        // Same first 16 bytes, same length: told apart by the tail.
+        let mut m = NameMap::default();
+        m.insert(b"georadiusbymember_ro", 1);
+        m.insert(b"georadiusbymember_rx", 2);
+        assert_eq!(m.get(b"GEORADIUSBYMEMBER_RO"), Some(&1));
+        assert_eq!(m.get(b"GEORADIUSBYMEMBER_RX"), Some(&2));
+        assert_eq!(m.get(b"georadiusbymember_r"), None);
+        // Bytes outside A-Z are not folded: '@' is not '`', '[' is not '{'.
+        m.insert(b"a`b{", 3);
+        assert_eq!(m.get(b"A@B["), None);
+        assert_eq!(m.get(b"A`B{"), Some(&3));
     }
 
     fn range_spec(index: i64, lastkey: i64, keystep: i64, limit: i64) -> Value {

@@ -19,8 +19,106 @@
 //! else gets `-MOVED` to the master. Who may bypass all of this (the master link, scripts' inner
 //! calls, the module's own calls) is decided by the caller, not here.
 
-use crate::command_table::CmdFlags;
+use crate::command_table::{CmdFlags, CommandTable, KeyPlan, Keys, Role};
 use crate::slot::{key_slot, SLOT_COUNT};
+
+/// Outcome of [`fast_path`]: the cheap first look the command filter takes at every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fast {
+    /// Nothing for routing to do: unknown command (the server rejects it), wrong arity (the
+    /// server rejects it before it touches a key), or no keys.
+    NoKeys,
+    /// Every key hashes to this slot, which this node owns and which is stable.
+    OwnedSlot(u16),
+    /// Anything else: decide with the full rules.
+    Slow,
+}
+
+/// The hot path of routing, without the server: resolves the command name, finds its keys at
+/// fixed positions (or behind a `numkeys` argument), hashes them and reads the slot table. No
+/// allocation, no side effect. The caller still has to check the connection state (a pending
+/// `ASKING`, an open `MULTI`) before executing an [`Fast::OwnedSlot`] command untouched.
+///
+/// `arg(i)` is argument `i` (the name is 0), `None` when its bytes are not at hand (an
+/// integer-encoded argument); `arg_int(i)` parses argument `i` as the server parses integers.
+/// Returns [`Fast::Slow`] for anything unusual (containers, `ASKING`/`MULTI`-like commands, keys
+/// only the server can find, an argument without bytes, keys in several slots, a slot that is not
+/// owned and stable), so it only has to be right when it says something else.
+#[inline]
+pub fn fast_path<'a>(
+    commands: &CommandTable,
+    table: &SlotTable,
+    argc: usize,
+    arg: impl Fn(usize) -> Option<&'a [u8]>,
+    arg_int: impl Fn(usize) -> Option<i64>,
+) -> Fast {
+    let Some(name) = arg(0) else {
+        return Fast::Slow;
+    };
+    let Some(entry) = commands.get(name) else {
+        return Fast::NoKeys;
+    };
+    // Blocking commands take the slow path, which remembers the slot the client waits on.
+    if entry.role != Role::Plain
+        || entry.subcommands.is_some()
+        || entry.flags.contains(CmdFlags::BLOCKING)
+    {
+        return Fast::Slow;
+    }
+    if !entry.arity_ok(argc) {
+        return Fast::NoKeys;
+    }
+    let slot_at = |i: usize| arg(i).map(key_slot);
+    let slot = match &entry.keys {
+        KeyPlan::None => return Fast::NoKeys,
+        KeyPlan::Server => return Fast::Slow,
+        KeyPlan::Legacy { first, last, step } => {
+            // `legacy_keys` inline: positions first..=last by step, nothing stored.
+            let argc = argc as i64;
+            let first = *first as i64;
+            let last = if *last < 0 {
+                argc + *last as i64
+            } else {
+                *last as i64
+            };
+            if first <= 0 || last < first || last >= argc {
+                return Fast::NoKeys;
+            }
+            let step = (*step).max(1) as usize;
+            let Some(slot) = slot_at(first as usize) else {
+                return Fast::Slow;
+            };
+            let mut pos = first as usize + step;
+            while pos <= last as usize {
+                if slot_at(pos) != Some(slot) {
+                    return Fast::Slow;
+                }
+                pos += step;
+            }
+            slot
+        }
+        KeyPlan::Specs(_) => {
+            let ranges = match entry.keys.keys(argc, arg_int) {
+                Keys::At(ranges) => ranges,
+                Keys::None => return Fast::NoKeys,
+                Keys::AskServer => return Fast::Slow,
+            };
+            let mut positions = ranges.positions();
+            let Some(slot) = positions.next().and_then(slot_at) else {
+                return Fast::Slow;
+            };
+            if !positions.all(|p| slot_at(p) == Some(slot)) {
+                return Fast::Slow;
+            }
+            slot
+        }
+    };
+    if table.owned_stable(slot) {
+        Fast::OwnedSlot(slot)
+    } else {
+        Fast::Slow
+    }
+}
 
 /// What the node does with a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ pub const MAX_SLOT: u16 = (SLOT_COUNT - 1) as u16;
 /// Returns the part of `key` that is hashed: the hash tag if there is a non-empty one, else the key.
 #[inline]
 pub fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
+    if let Some(open) = find_open_brace(key) {
         let rest = &key[open + 1..];
         if let Some(close) = rest.iter().position(|&b| b == b'}') {
             if close > 0 {
@@ -29,6 +29,34 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
     key
 }
 
+/// Position of the first `{`, eight bytes at a time: this scan runs over every key of every
+/// command, and a byte-by-byte loop costs about as much as the CRC itself.
+#[inline]
+fn find_open_brace(key: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const BRACES: u64 = ONES * b'{' as u64;
+    let mut chunks = key.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        let v = word ^ BRACES;
+        // Exact "some byte is zero" test; the lowest flagged byte is the first zero byte.
+        let zero = v.wrapping_sub(ONES) & !v & HIGH;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'{')
+        .map(|i| base + i)
+}
+
 /// Returns the slot of `key`.
 #[inline]
 pub fn key_slot(key: &[u8]) -> u16 {
@@ -36,10 +64,56 @@ pub fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// CRC16 with polynomial 0x1021, initial value 0, no reflection (XMODEM), as Redis Cluster uses.
+///
+/// Table-driven, two bytes per step (two independent lookups), tables built at compile time:
+/// this runs for every key of every command and is the filter's largest single cost.
+///
+/// One byte: `crc' = (crc << 8) ^ T[(crc >> 8) ^ b]`. Two bytes, by linearity of `T`:
+/// `crc'' = T2[(crc >> 8) ^ b0] ^ T[(crc & 0xff) ^ b1]` with `T2[x] = (T[x] << 8) ^ T[T[x] >> 8]`.
 #[inline]
 fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(bytes)
+    let mut crc: u16 = 0;
+    let mut pairs = bytes.chunks_exact(2);
+    for pair in &mut pairs {
+        crc = CRC16_TABLE2[((crc >> 8) as u8 ^ pair[0]) as usize]
+            ^ CRC16_TABLE[((crc & 0xff) as u8 ^ pair[1]) as usize];
+    }
+    for &b in pairs.remainder() {
+        crc = (crc << 8) ^ CRC16_TABLE[((crc >> 8) as u8 ^ b) as usize];
+    }
+    crc
 }
+
+const CRC16_TABLE2: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let t = CRC16_TABLE[i];
+        table[i] = (t << 8) ^ CRC16_TABLE[(t >> 8) as usize];
+        i += 1;
+    }
+    table
+};
+
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -76,6 +150,34 @@ mod tests {
         assert_eq!(hash_tag(b"foo{bar"), b"foo{bar");
         assert_eq!(hash_tag(b"}foo{"), b"}foo{");
         assert_eq!(hash_tag(b"{a}"), b"a");
+    }
+
+    #[test]
+    fn brace_search_finds_the_first_brace_at_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut key = vec![b'z'; len];
+                key[at] = b'{';
+                if at + 3 < len {
+                    key[at + 3] = b'{';
+                }
+                assert_eq!(find_open_brace(&key), Some(at), "len {len} at {at}");
+                // Bytes one off from '{' (0x7a 'z', 0x7c '|') and high bytes never match.
+                let other: Vec<u8> = (0..len).map(|i| [0x7a, 0x7c, 0xfb, 0x00][i % 4]).collect();
+                assert_eq!(find_open_brace(&other), None);
+            }
+        }
+    }
+
+    #[test]
+    fn table_crc_matches_the_crc16_crate() {
+        for i in 0..2000u32 {
+            let key = format!("k{i}:{}", i * 7919);
+            assert_eq!(
+                crc16_xmodem(key.as_bytes()),
+                crc16::State::<crc16::XMODEM>::calculate(key.as_bytes())
+            );
+        }
     }
 
     #[test]

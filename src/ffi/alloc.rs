@@ -8,6 +8,8 @@
 //! allocator that made it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+#[cfg(debug_assertions)]
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use redis_module::raw;
@@ -21,6 +23,26 @@ const SYSTEM: u8 = 2;
 const SERVER_MAX_ALIGN: usize = 16;
 
 static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+
+#[cfg(debug_assertions)]
+thread_local! {
+    /// Allocations made by this thread (debug builds only: the proof that the routing hot path
+    /// never allocates, `tests/alloc_free.rs`). `const` and drop-free, so reading it from inside
+    /// the allocator can neither allocate nor fail.
+    static THREAD_ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Heap allocations and reallocations made by the calling thread so far (debug builds only).
+#[cfg(debug_assertions)]
+pub fn thread_allocations() -> u64 {
+    THREAD_ALLOCS.try_with(Cell::get).unwrap_or(0)
+}
+
+#[inline]
+fn count_allocation() {
+    #[cfg(debug_assertions)]
+    let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
 
 /// Allocator that delegates to `RedisModule_Alloc` when running inside redis-server.
 pub struct ServerAwareAllocator;
@@ -50,6 +72,7 @@ impl ServerAwareAllocator {
 
 unsafe impl GlobalAlloc for ServerAwareAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
         if Self::use_server(&layout) {
             // SAFETY: MODE is SERVER only when the pointer was present; it never goes away.
             match raw::RedisModule_Alloc {
@@ -72,6 +95,7 @@ unsafe impl GlobalAlloc for ServerAwareAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
         if Self::use_server(&layout) {
             match raw::RedisModule_Realloc {
                 Some(realloc) => realloc(ptr.cast(), new_size).cast(),

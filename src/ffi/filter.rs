@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use redis_module::raw;
 
 use super::client::{self, Caller};
-use super::{guard, new_string, rm, string_bytes};
+use super::{guard, int_encoded_value, new_string, plain_string_bytes, rm, string_bytes};
 use crate::command_table::{parse_strict_i64, CmdFlags, Keys, Role};
-use crate::router::{self, ClientView, Decision, SlotRoute};
+use crate::router::{self, ClientView, Decision, Fast, SlotRoute};
 use crate::slot::key_slot;
 use crate::state::{self, State};
 
@@ -160,6 +160,21 @@ struct Filter {
 }
 
 impl Filter {
+    #[inline]
+    unsafe fn arg_ptr(&self, i: usize) -> *mut raw::RedisModuleString {
+        rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int)
+    }
+
+    /// Argument `i` parsed as the server parses an integer (a `numkeys` argument).
+    #[inline]
+    unsafe fn arg_int(&self, i: usize) -> Option<i64> {
+        let ptr = self.arg_ptr(i);
+        match plain_string_bytes(ptr) {
+            Some(bytes) => parse_strict_i64(bytes),
+            None => int_encoded_value(ptr),
+        }
+    }
+
     unsafe fn arg(&self, i: usize) -> Arg {
         Arg::new(rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int))
     }
@@ -198,7 +213,36 @@ unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         fctx,
         argc: argc as usize,
     };
-    state::with_mut(|st| route_command(st, &f));
+    state::with_mut(|st| {
+        if !fast_path(st, &f) {
+            route_command(st, &f);
+        }
+    });
+}
+
+/// The common case, decided with no side effect and no allocation ([`router::fast_path`]): true
+/// when the command must run untouched because no connection has an `ASKING` pending and the
+/// command either has no keys or only keys in one owned, stable slot, sent by a client that is
+/// not in `MULTI`. Anything else returns false and takes [`route_command`], which decides from
+/// scratch, so this function only has to be right when it says true.
+#[inline]
+unsafe fn fast_path(st: &State, f: &Filter) -> bool {
+    if st.connections.asking_pending() {
+        return false;
+    }
+    let fast = router::fast_path(
+        &st.commands,
+        &st.table,
+        f.argc,
+        // SAFETY: arguments of the command being filtered live for the whole filter call.
+        |i| unsafe { plain_string_bytes(f.arg_ptr(i)) },
+        |i| unsafe { f.arg_int(i) },
+    );
+    match fast {
+        Fast::NoKeys => true,
+        Fast::OwnedSlot(_) => !client::current().in_multi(),
+        Fast::Slow => false,
+    }
 }
 
 unsafe fn route_command(st: &mut State, f: &Filter) {
