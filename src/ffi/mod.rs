@@ -116,6 +116,43 @@ pub unsafe fn string_bytes(s: *const raw::RedisModuleString, buf: &mut [u8; 24])
     std::slice::from_raw_parts(ptr as *const u8, len)
 }
 
+/// Whether [`plain_string_bytes`] may read string lengths from the server's layout; cleared at
+/// load by [`verify_string_layout`] if this server's strings do not look as expected.
+static SDS_INLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Checks, at load, that reading strings the way [`plain_string_bytes`] does gives what
+/// `RedisModule_StringPtrLen` gives, for every sds header size; if not, turns the inline read off
+/// (the API is used instead: slower, never wrong). Returns whether the inline read stays on.
+///
+/// # Safety
+/// `ctx` must be a valid module context on the main thread.
+pub unsafe fn verify_string_layout(ctx: *mut raw::RedisModuleCtx) -> bool {
+    let mut ok = true;
+    for len in [
+        0usize, 1, 20, 31, 32, 44, 45, 255, 256, 300, 65535, 65536, 70_000,
+    ] {
+        let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        let s = rm!(RedisModule_CreateString)(ctx, text.as_ptr().cast(), text.len());
+        if s.is_null() {
+            ok = false;
+            break;
+        }
+        let mut api_len = 0usize;
+        let api_ptr = rm!(RedisModule_StringPtrLen)(s, &mut api_len);
+        let inline = plain_string_bytes(s);
+        ok &= inline.is_some_and(|b| b.as_ptr() == api_ptr.cast() && b.len() == api_len)
+            && api_len == len;
+        rm!(RedisModule_FreeString)(ctx, s);
+        if !ok {
+            break;
+        }
+    }
+    if !ok {
+        SDS_INLINE.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    ok
+}
+
 /// The bytes of a server string that is not integer-encoded; `None` for an integer-encoded one
 /// (see [`string_bytes`]). The filter's fast path uses this to avoid a digit buffer per argument.
 ///
@@ -135,7 +172,8 @@ pub unsafe fn plain_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option
     if encoding == OBJ_ENCODING_INT {
         return None;
     }
-    if header & 0x0f == OBJ_STRING
+    if SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed)
+        && header & 0x0f == OBJ_STRING
         && (encoding == OBJ_ENCODING_RAW || encoding == OBJ_ENCODING_EMBSTR)
     {
         // Read the sds length from its header instead of calling RedisModule_StringPtrLen:

@@ -114,6 +114,12 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
                  unavailable (ASKING, READONLY and redirects inside MULTI are degraded)",
             );
         }
+        if !super::verify_string_layout(ctx) {
+            log_warning(
+                "umcluster: this server's string layout is not the expected one: the command \
+                 filter reads arguments through the module API (correct, a little slower)",
+            );
+        }
         let commands = load_command_table(ctx)?;
         let count = commands.len();
         state::init(State {
