@@ -101,7 +101,8 @@ def free_port():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if not 7001 <= port <= 7010 and port < 60000:
+        # Below 55535: a cluster node also listens on port + 10000 (its bus).
+        if not 7001 <= port <= 7010 and port < 55535:
             return port
 
 
@@ -142,6 +143,15 @@ class Server:
                     f"--callgrind-out-file={self.dir}/callgrind.out.%p",
                     f"--log-file={self.dir}/valgrind.log"] + args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._setup()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _setup(self):
+        mode = self.mode
         wait_until(f"{mode} server on {self.port}", lambda: cli(self.port, "PING") == "PONG",
                    timeout=120)
         if mode == "module-all":

@@ -437,18 +437,25 @@ extern "C" fn redirect_command(
             &b"ERR umcluster.redirect needs an error line"[..]
         };
         // One line, no NUL: the reply is written as `-<text>\r\n`.
-        let clean: Vec<u8> = text
-            .iter()
-            .map(|&b| {
-                if b == b'\r' || b == b'\n' || b == 0 {
-                    b' '
-                } else {
-                    b
-                }
-            })
-            .collect();
-        let line = CString::new(clean).unwrap_or_default();
-        rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
+        let clean = |b: &u8| {
+            if *b == b'\r' || *b == b'\n' || *b == 0 {
+                b' '
+            } else {
+                *b
+            }
+        };
+        // Usual redirects fit on the stack: no allocation per MOVED.
+        let mut stack = [0u8; 256];
+        if text.len() < stack.len() {
+            for (out, b) in stack.iter_mut().zip(text) {
+                *out = clean(b);
+            }
+            rm!(RedisModule_ReplyWithError)(ctx, stack.as_ptr().cast());
+        } else {
+            let line =
+                CString::new(text.iter().map(clean).collect::<Vec<u8>>()).unwrap_or_default();
+            rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
+        }
         raw::REDISMODULE_OK as c_int
     }
 }

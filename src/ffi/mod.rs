@@ -163,19 +163,11 @@ pub unsafe fn plain_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option
     if s.is_null() {
         return Some(&[]);
     }
-    const OBJ_STRING: u8 = 0;
-    const OBJ_ENCODING_RAW: u8 = 0;
     const OBJ_ENCODING_INT: u8 = 1;
-    const OBJ_ENCODING_EMBSTR: u8 = 8;
     let header = std::ptr::read(s as *const u8);
-    let encoding = header >> 4;
-    if encoding == OBJ_ENCODING_INT {
-        return None;
-    }
-    if SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed)
-        && header & 0x0f == OBJ_STRING
-        && (encoding == OBJ_ENCODING_RAW || encoding == OBJ_ENCODING_EMBSTR)
-    {
+    // `type` (low 4 bits) OBJ_STRING = 0 and `encoding` (high 4 bits) RAW = 0 or EMBSTR = 8:
+    // exactly the headers with the low 7 bits clear.
+    if header & 0x7f == 0 && SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed) {
         // Read the sds length from its header instead of calling RedisModule_StringPtrLen:
         // a call per argument is a large share of the filter's budget. The layouts are those
         // of sds.h since redis 3.2 (unchanged through 8.x): the byte before the buffer holds
@@ -183,18 +175,25 @@ pub unsafe fn plain_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option
         let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
         if !sds.is_null() {
             let flags = std::ptr::read(sds.sub(1));
-            let len = match flags & 7 {
-                0 => Some((flags >> 3) as usize),
-                1 => Some(std::ptr::read(sds.sub(3)) as usize),
-                2 => Some(std::ptr::read_unaligned(sds.sub(5) as *const u16) as usize),
-                3 => Some(std::ptr::read_unaligned(sds.sub(9) as *const u32) as usize),
-                4 => Some(std::ptr::read_unaligned(sds.sub(17) as *const u64) as usize),
-                _ => None,
+            let kind = flags & 7;
+            // sdshdr8 first: every embedded string (arguments up to 44 bytes) uses it.
+            let len = if kind == 1 {
+                Some(std::ptr::read(sds.sub(3)) as usize)
+            } else {
+                match kind {
+                    0 => Some((flags >> 3) as usize),
+                    2 => Some(std::ptr::read_unaligned(sds.sub(5) as *const u16) as usize),
+                    3 => Some(std::ptr::read_unaligned(sds.sub(9) as *const u32) as usize),
+                    4 => Some(std::ptr::read_unaligned(sds.sub(17) as *const u64) as usize),
+                    _ => None,
+                }
             };
             if let Some(len) = len {
                 return Some(std::slice::from_raw_parts(sds, len));
             }
         }
+    } else if header >> 4 == OBJ_ENCODING_INT {
+        return None;
     }
     let mut len = 0usize;
     let ptr = rm!(RedisModule_StringPtrLen)(s, &mut len);
