@@ -13,6 +13,7 @@ use crate::command_table::CommandTable;
 use crate::connections::Connections;
 use crate::router::SlotTable;
 use crate::stats::Stats;
+use crate::topology::persist::Saved;
 use crate::topology::setrepl::{ReplEntry, ReplRole};
 use crate::topology::Topology;
 
@@ -69,6 +70,8 @@ pub struct State {
     /// it. Used as this node's master when no SETREPL entry names one, so a replica attached by
     /// hand still serves `READONLY` reads for its master's slots.
     pub server_master: Option<Addr>,
+    /// The accepted pushes as the `config-file` stores them.
+    pub saved: Saved,
 }
 
 impl State {

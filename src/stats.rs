@@ -20,4 +20,6 @@ pub struct Stats {
     pub setcluster_rejected: u64,
     pub setrepl_accepted: u64,
     pub setrepl_rejected: u64,
+    /// Pushes refused because the `config-file` could not be written.
+    pub config_write_failed: u64,
 }
