@@ -74,13 +74,12 @@ start_sentinels() {
         dir="$(realpath "$DIR")/sentinel-$port"
         mkdir -p "$dir"
         {
-            echo "port $port"
             echo "bind 127.0.0.1"
             echo "daemonize yes"
             echo "dir $dir"
             echo "pidfile $dir/sentinel.pid"
             echo "logfile $dir/sentinel.log"
-            "$TOOL" sentinel-config --quorum "$quorum" --down-after "$DOWN_AFTER" --hook "$hook" "127.0.0.1:$PORT"
+            "$TOOL" sentinel-config --port "$port" --quorum "$quorum" --down-after "$DOWN_AFTER" --hook "$hook" "127.0.0.1:$PORT"
         } >"$dir/sentinel.conf"
         redis-sentinel "$dir/sentinel.conf"
     done

@@ -141,9 +141,10 @@ class Sentinel:
         os.makedirs(self.dir)
         self.conf = os.path.join(self.dir, "sentinel.conf")
         with open(self.conf, "w") as f:
-            f.write(f"port {self.port}\nbind {HOST}\ndir {self.dir}\n")
+            f.write(f"bind {HOST}\ndir {self.dir}\n")
             f.write(f"logfile {self.dir}/sentinel.log\n")
-            f.write(config_text)
+            # The generated file starts with `port 26379`: this Sentinel's port replaces it.
+            f.write(config_text.replace("port 26379\n", f"port {self.port}\n", 1))
         self.proc = subprocess.Popen(
             ["redis-sentinel", self.conf],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -167,6 +168,7 @@ def test_sentinel_fails_a_shard_over_automatically(servers):
     conf = umcluster("sentinel-config", "--quorum", "2", "--down-after", "1000", "--hook", hook,
                      masters[0].addr)
     assert conf.returncode == 0, output(conf)
+    assert conf.stdout.startswith("port 26379\n")
     assert conf.stdout.count("sentinel monitor ") == 3
     sentinels = [Sentinel(servers.workdir, conf.stdout) for _ in range(3)]
     try:

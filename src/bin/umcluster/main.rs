@@ -36,8 +36,9 @@ commands:
   sentinel-hook NAME ROLE STATE FROM-IP FROM-PORT TO-IP TO-PORT
                                  Sentinel's client-reconfig-script (or run the binary as
                                  umcluster-sentinel-hook): pushes the topology after a failover
-  sentinel-config [--quorum Q] [--down-after MS] [--hook PATH] SEED
-                                 print a Sentinel configuration, one master name per shard
+  sentinel-config [--port P] [--quorum Q] [--down-after MS] [--hook PATH] SEED
+                                 print a Sentinel configuration (port P, default 26379),
+                                 one master name per shard (<cluster>-<i>)
   check ADDR                     check that every node agrees on the epoch and the slot table
                                  and that all slots are served
 

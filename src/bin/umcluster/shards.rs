@@ -347,8 +347,9 @@ pub fn sentinel_name(name: &str, i: usize) -> String {
     format!("{name}-{i}")
 }
 
-/// `umcluster sentinel-config [--quorum Q] [--down-after MS] [--hook PATH] SEED_ADDR`.
+/// `umcluster sentinel-config [--port P] [--quorum Q] [--down-after MS] [--hook PATH] SEED_ADDR`.
 pub fn sentinel_config(args: &[String]) -> Result<(), String> {
+    let mut port = 26379u16;
     let mut quorum = 2u32;
     let mut down_after = 5000u64;
     let mut hook = std::env::current_exe()
@@ -361,6 +362,7 @@ pub fn sentinel_config(args: &[String]) -> Result<(), String> {
     while let Some(a) = it.next() {
         let mut value = |what: &str| it.next().cloned().ok_or(format!("{what} needs a value"));
         match a.as_str() {
+            "--port" => port = value("--port")?.parse().map_err(|_| "bad --port")?,
             "--quorum" => quorum = value("--quorum")?.parse().map_err(|_| "bad --quorum")?,
             "--down-after" => {
                 down_after = value("--down-after")?
@@ -372,9 +374,11 @@ pub fn sentinel_config(args: &[String]) -> Result<(), String> {
         }
     }
     let seed = seed.ok_or(
-        "usage: umcluster sentinel-config [--quorum Q] [--down-after MS] [--hook PATH] SEED_ADDR",
+        "usage: umcluster sentinel-config [--port P] [--quorum Q] [--down-after MS] [--hook PATH] \
+         SEED_ADDR",
     )?;
     let (name, shards) = read_shards(&seed)?;
+    println!("port {port}");
     print!(
         "{}",
         sentinel_text(&name, &shards, quorum, down_after, &hook)
@@ -392,8 +396,9 @@ pub fn sentinel_text(
 ) -> String {
     let mut out = format!(
         "# Sentinel configuration for umcluster cluster '{name}' ({} shards).\n\
-         # Add `port <n>` (and `dir`, `logfile`) per Sentinel. The hook is the umcluster binary\n\
-         # under the name {} (a symlink): it pushes the new topology after each failover.\n",
+         # The hook is the umcluster binary under the name {} (a symlink): it pushes the new\n\
+         # topology after each failover. Each Sentinel needs its own copy of this file (it\n\
+         # rewrites it) and its own port.\n",
         shards.len(),
         crate::HOOK_NAME
     );
