@@ -214,3 +214,28 @@ def test_sentinel_fails_a_shard_over_automatically(servers):
     finally:
         for s in sentinels:
             s.stop()
+
+
+def test_sentinel_hook_subcommand_fails_back(servers):
+    masters, replicas = create_with_replicas(servers)
+    old, heir = masters[1], replicas[1]
+    out = umcluster("failover", "--to", heir.addr, old.addr)
+    assert out.returncode == 0, output(out)
+    wait_until(
+        lambda: info_fields(old, "replication").get("master_link_status") == "up",
+        timeout=20,
+        what="old master to replicate from the new one",
+    )
+    # What Sentinel would run after promoting `old` back (arguments as Sentinel passes them).
+    host, port = old.addr.rsplit(":", 1)
+    hhost, hport = heir.addr.rsplit(":", 1)
+    hook = umcluster("sentinel-hook", "umcluster-1", "leader", "start", hhost, hport, host, port)
+    assert hook.returncode == 0, output(hook)
+    assert info_fields(old, "replication")["role"] == "master"
+    assert info_fields(heir, "replication")["master_port"] == str(old.port)
+    master_line = next(f for f in node_lines(masters[0]) if f[1].startswith(old.addr + "@"))
+    lo, hi = THREE_NODE_RANGES[1]
+    assert "master" in master_line[2] and master_line[8] == f"{lo}-{hi}", master_line
+    assert_check_clean(heir)
+    bad = umcluster("sentinel-hook", "only", "three", "args")
+    assert bad.returncode != 0 and "usage" in output(bad)
