@@ -6,6 +6,8 @@
   `umcluster failover --to <its replica>`; every acknowledged key is readable through a cluster
   client, writes to that shard's slots resume, `umcluster check` is clean. With the old master
   alive it becomes a replica of the new one; running the failover again is harmless.
+- A failed master that comes back with its old saved table (`config-file`) is fenced by epoch
+  and brought back as a replica of the new master with `umcluster add-replica`.
 - Automatic failover: three redis-sentinel processes configured by `umcluster sentinel-config`
   (the hook is the tool itself); a master is killed and, within 30 s, cluster clients write to its
   slots again and `umcluster check` is clean.
@@ -37,8 +39,14 @@ def output(proc):
     return proc.stdout + proc.stderr
 
 
-def create_with_replicas(servers):
-    nodes = servers.start_many(6)
+def create_with_replicas(servers, config_file=False):
+    if config_file:
+        nodes = [
+            servers.start(extra_args=["config-file", os.path.join(servers.workdir, f"n{i}.json")])
+            for i in range(6)
+        ]
+    else:
+        nodes = servers.start_many(6)
     out = umcluster("create", "--replicas", "1", *[n.addr for n in nodes], timeout=90)
     assert out.returncode == 0, output(out)
     masters, replicas = nodes[:3], nodes[3:]
@@ -239,3 +247,42 @@ def test_sentinel_hook_subcommand_fails_back(servers):
     assert_check_clean(heir)
     bad = umcluster("sentinel-hook", "only", "three", "args")
     assert bad.returncode != 0 and "usage" in output(bad)
+
+
+def test_returning_master_with_an_old_saved_table_rejoins_as_replica(servers):
+    masters, replicas = create_with_replicas(servers, config_file=True)
+    victim, heir = masters[0], replicas[0]
+    lo, hi = THREE_NODE_RANGES[0]
+    direct = victim.client()
+    keys = [key_in_slot_range(f"r{i}-", lo, hi) for i in range(50)]
+    for k in keys:
+        direct.set(k, k)
+    assert direct.execute_command("WAIT", 1, 10000) == 1
+    victim.stop()
+    out = umcluster("failover", "--to", heir.addr, masters[1].addr)
+    assert out.returncode == 0, output(out)
+    new_epoch = raw(heir, "UMCTL", "GETEPOCH")
+
+    victim.start(attempts=1, port=victim.port)
+    # Back with its saved (stale) table: the epoch tells it apart.
+    assert raw(victim, "UMCTL", "GETEPOCH") == 1 < new_epoch
+    # It is a master nobody lists, so it needs --master.
+    out = umcluster("add-replica", victim.addr, masters[1].addr)
+    assert out.returncode != 0 and "--master" in output(out)
+    out = umcluster("add-replica", "--master", heir.addr, victim.addr, masters[1].addr)
+    assert out.returncode == 0, output(out)
+    assert raw(victim, "UMCTL", "GETEPOCH") == new_epoch + 1
+    fields = info_fields(victim, "replication")
+    assert fields["role"] == "slave" and fields["master_port"] == str(heir.port)
+    moved = raw(victim, "SET", keys[0], "x")
+    assert moved.startswith("MOVED ") and moved.endswith(heir.addr), moved
+    wait_until(
+        lambda: info_fields(victim, "replication").get("master_link_status") == "up",
+        timeout=20,
+        what="returned master to sync from the new one",
+    )
+    with conftest.RawConnection(victim.port) as c:
+        assert c.call("READONLY") == "OK"
+        wait_until(lambda: c.call("GET", keys[-1]) == keys[-1], timeout=20, what="data on the replica")
+    assert_check_clean(victim)
+    assert victim.addr in umcluster("check", heir.addr).stdout

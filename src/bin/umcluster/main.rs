@@ -5,6 +5,7 @@
 //! umcluster check ADDR                     every node agrees on epoch and table, all slots served
 //! umcluster create --replicas N ADDR...     masters first, N replicas each
 //! umcluster failover --to REPLICA SEED      promote a replica, push the new topology
+//! umcluster add-replica NODE SEED         (re)attach NODE as a replica, push the topology
 //! umcluster sentinel-hook ARGS...           Sentinel's client-reconfig-script
 //! umcluster sentinel-config SEED            a Sentinel configuration monitoring every shard
 //! ```
@@ -33,6 +34,10 @@ commands:
   failover --to REPLICA SEED     promote REPLICA (REPLICAOF NO ONE), turn its old master, if
                                  reachable, into a replica of it, push a new topology with a
                                  higher epoch everywhere; running it twice is harmless
+  add-replica [--master MASTER] NODE SEED
+                                 make NODE a replica of MASTER (default: the master NODE
+                                 already follows, e.g. a failed master Sentinel demoted when
+                                 it came back) and push the topology everywhere
   sentinel-hook NAME ROLE STATE FROM-IP FROM-PORT TO-IP TO-PORT
                                  Sentinel's client-reconfig-script (or run the binary as
                                  umcluster-sentinel-hook): pushes the topology after a failover
@@ -58,6 +63,7 @@ fn main() {
         _ if as_hook => shards::sentinel_hook(&args),
         Some("create") => create::run(&args[1..]),
         Some("failover") => shards::failover_cmd(&args[1..]),
+        Some("add-replica") => shards::add_replica_cmd(&args[1..]),
         Some("sentinel-hook") => shards::sentinel_hook(&args[1..]),
         Some("sentinel-config") => shards::sentinel_config(&args[1..]),
         Some("check") => check::run(&args[1..]),

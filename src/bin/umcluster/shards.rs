@@ -327,6 +327,59 @@ pub fn failover(to: &Addr, seed: &Addr) -> Result<(), String> {
     Err(last)
 }
 
+/// `umcluster add-replica [--master MASTER] NODE SEED`: makes NODE a replica of MASTER (default:
+/// the master NODE already replicates from, e.g. an old master Sentinel demoted after it came
+/// back) and pushes the topology, with a higher epoch, to every node including NODE. This is how a
+/// node that returns with an old saved table is brought back into the cluster.
+pub fn add_replica_cmd(args: &[String]) -> Result<(), String> {
+    let usage = "usage: umcluster add-replica [--master MASTER_ADDR] NODE_ADDR SEED_ADDR";
+    let parse = |s: &String| Addr::parse(s.as_bytes()).map_err(|e| e.to_string());
+    let (master, node, seed) = match args {
+        [flag, m, n, s] if flag == "--master" => (Some(parse(m)?), parse(n)?, parse(s)?),
+        [n, s] => (None, parse(n)?, parse(s)?),
+        _ => return Err(usage.into()),
+    };
+    let master = match master {
+        Some(m) => m,
+        None => {
+            let info = Conn::open(&node)?.call_ok(&["INFO", "replication"])?;
+            umcluster::server_info::ReplicationInfo::parse(info.as_str().unwrap_or_default())
+                .master
+                .ok_or_else(|| {
+                    format!("{node} replicates from nobody: name its master with --master")
+                })?
+        }
+    };
+    let (name, shards) = read_shards(&seed)?;
+    let new_shards = with_replica(&shards, &master, &node)
+        .ok_or_else(|| format!("{master} is not a master of the cluster seen from {seed}"))?;
+    let mut conns = Vec::new();
+    for a in all_nodes(&new_shards) {
+        match Conn::open(&a) {
+            Ok(c) => conns.push(c),
+            Err(e) if a.same_endpoint(&node) => return Err(e),
+            Err(e) => eprintln!("umcluster: skipping {a}: {e}"),
+        }
+    }
+    let epoch = highest_epoch(&mut conns)? + 1;
+    push_cluster(&mut conns, &name, epoch, &new_shards)?;
+    println!("[OK] {node} is a replica of {master}; topology epoch {epoch} pushed");
+    Ok(())
+}
+
+/// The shards with `node` as a replica of `master` (and nowhere else). `None` if `master` is not
+/// a master.
+pub fn with_replica(shards: &[Shard], master: &Addr, node: &Addr) -> Option<Vec<Shard>> {
+    let mut out: Vec<Shard> = shards.to_vec();
+    out.retain(|s| !s.master.same_endpoint(node));
+    for s in out.iter_mut() {
+        s.replicas.retain(|r| !r.same_endpoint(node));
+    }
+    let shard = out.iter_mut().find(|s| s.master.same_endpoint(master))?;
+    shard.replicas.push(node.clone());
+    Some(out)
+}
+
 /// `umcluster sentinel-hook <master-name> <role> <state> <from-ip> <from-port> <to-ip> <to-port>`:
 /// Sentinel's `client-reconfig-script`. Sentinel has promoted `to`; push the topology that says
 /// so. Exit status 1 makes Sentinel retry the script.
@@ -472,6 +525,32 @@ mod tests {
         assert!(promote(&p, &a("127.0.0.1:2"), true).is_none());
         let gone = promote(&shards, &a("127.0.0.1:3"), false).unwrap();
         assert_eq!(gone[0].replicas, vec![a("127.0.0.1:2")]);
+    }
+
+    #[test]
+    fn with_replica_moves_a_node_under_a_master() {
+        let shards = vec![
+            Shard {
+                master: a("127.0.0.1:1"),
+                replicas: vec![a("127.0.0.1:2")],
+                ranges: vec![SlotRange {
+                    start: 0,
+                    end: 8191,
+                }],
+            },
+            Shard {
+                master: a("127.0.0.1:3"),
+                replicas: vec![],
+                ranges: vec![SlotRange {
+                    start: 8192,
+                    end: 16383,
+                }],
+            },
+        ];
+        let moved = with_replica(&shards, &a("127.0.0.1:3"), &a("127.0.0.1:2")).unwrap();
+        assert!(moved[0].replicas.is_empty());
+        assert_eq!(moved[1].replicas, vec![a("127.0.0.1:2")]);
+        assert!(with_replica(&shards, &a("127.0.0.1:2"), &a("127.0.0.1:9")).is_none());
     }
 
     #[test]
