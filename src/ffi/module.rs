@@ -31,7 +31,13 @@ fn parse_args(args: &[RedisString]) -> Result<Option<PathBuf>, String> {
     while let Some(name) = it.next() {
         if name.eq_ignore_ascii_case("config-file") {
             match it.next() {
-                Some(path) if !path.is_empty() => config = Some(PathBuf::from(path)),
+                // Made absolute now: a relative path is relative to the server's `dir` at load,
+                // and stays there if `CONFIG SET dir` changes the working directory later.
+                Some(path) if !path.is_empty() => {
+                    let path = std::path::absolute(PathBuf::from(path))
+                        .map_err(|e| format!("config-file: {e}"))?;
+                    config = Some(path)
+                }
                 _ => return Err("module argument 'config-file' needs a path".into()),
             }
         } else {
