@@ -96,9 +96,10 @@ stop() {
         kill "$(cat "$pidfile")" 2>/dev/null || true
         rm -f "$pidfile"
     done
-    # Every node folder under DIR, whatever NODES was at start; else the ports from PORT.
+    # Every node folder under DIR with a live pidfile (redis removes it at shutdown), whatever
+    # NODES was at start; else the ports from PORT.
     local started
-    started=$(find "$DIR" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' 2>/dev/null | sort -n)
+    started=$(find "$DIR" -mindepth 2 -maxdepth 2 -name redis.pid -regex '.*/[0-9]+/redis.pid' -printf '%h\n' 2>/dev/null | xargs -rn1 basename | sort -n)
     if [[ -n $started ]]; then ports() { echo "$started"; }; fi
     for port in $(ports); do
         redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
