@@ -465,7 +465,8 @@ pub fn sentinel_text(
              sentinel client-reconfig-script {n} {hook}\n",
             s.master.host,
             s.master.port,
-            (down_after * 4).max(10_000),
+            // A failed election is retried after twice this: keep it short when down-after is.
+            (down_after * 4).max(4_000),
         ));
     }
     out
