@@ -80,6 +80,14 @@ def test_create_with_replicas_lists_them_everywhere(servers):
             line = next(f for f in lines if f[1].startswith(r.addr + "@"))
             assert "slave" in line[2] and line[3] == ids[m.addr], line
     assert_check_clean(replicas[0])
+    # check compares the servers' real replication with the topology.
+    assert raw(replicas[1], "REPLICAOF", "NO", "ONE") == "OK"
+    bad = umcluster("check", masters[0].addr)
+    assert bad.returncode != 0
+    assert f"{replicas[1].addr} is a master, the topology says it replicates from {masters[1].addr}" in output(bad)
+    assert raw(replicas[1], "REPLICAOF", HOST, str(masters[2].port)) == "OK"
+    bad = umcluster("check", masters[0].addr)
+    assert f"{replicas[1].addr} replicates from {masters[2].addr}" in output(bad), output(bad)
 
 
 def test_manual_failover_keeps_acknowledged_writes(servers):
