@@ -18,6 +18,8 @@
 mod check;
 mod conn;
 mod create;
+mod failover;
+mod sentinel;
 mod shards;
 mod topology_push;
 
@@ -60,12 +62,12 @@ fn main() {
         .file_name()
         .is_some_and(|n| n == HOOK_NAME);
     let result = match args.first().map(String::as_str) {
-        _ if as_hook => shards::sentinel_hook(&args),
+        _ if as_hook => sentinel::sentinel_hook(&args),
         Some("create") => create::run(&args[1..]),
-        Some("failover") => shards::failover_cmd(&args[1..]),
-        Some("add-replica") => shards::add_replica_cmd(&args[1..]),
-        Some("sentinel-hook") => shards::sentinel_hook(&args[1..]),
-        Some("sentinel-config") => shards::sentinel_config(&args[1..]),
+        Some("failover") => failover::failover_cmd(&args[1..]),
+        Some("add-replica") => failover::add_replica_cmd(&args[1..]),
+        Some("sentinel-hook") => sentinel::sentinel_hook(&args[1..]),
+        Some("sentinel-config") => sentinel::sentinel_config(&args[1..]),
         Some("check") => check::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
