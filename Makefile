@@ -6,13 +6,18 @@
 #   make bench          benchmarks (callgrind instruction counts, throughput vs plain and haproxy);
 #                       not part of `make test`. BENCH_ARGS are passed to bench/bench.py.
 #
-# Variables: PORT (first port, default 7001), NODES (default 3) for `make cluster`.
+# Variables for `make cluster`: PORT (first port, default 7001), REPLICAS (replicas per master,
+# default 0), NODES (default 3 * (REPLICAS + 1)), SENTINELS (redis-sentinel processes, default 0;
+# Debian package redis-sentinel), DOWN_AFTER (Sentinel down-after-milliseconds, default 5000).
 
 CARGO ?= cargo
 PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 7001
-NODES ?= 3
+REPLICAS ?= 0
+NODES ?= $(shell echo $$((3 * ($(REPLICAS) + 1))))
+SENTINELS ?= 0
+DOWN_AFTER ?= 5000
 
 .PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench
 
@@ -25,7 +30,7 @@ build-debug:
 	$(CARGO) build
 
 cluster: build
-	PORT=$(PORT) NODES=$(NODES) scripts/cluster.sh start
+	PORT=$(PORT) NODES=$(NODES) REPLICAS=$(REPLICAS) SENTINELS=$(SENTINELS) DOWN_AFTER=$(DOWN_AFTER) scripts/cluster.sh start
 
 cluster-stop:
 	PORT=$(PORT) NODES=$(NODES) scripts/cluster.sh stop

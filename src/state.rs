@@ -14,6 +14,7 @@ use crate::connections::Connections;
 use crate::pubsub::Forwarder;
 use crate::router::SlotTable;
 use crate::stats::Stats;
+use crate::topology::persist::Saved;
 use crate::topology::setrepl::{ReplEntry, ReplRole};
 use crate::topology::Topology;
 
@@ -72,6 +73,8 @@ pub struct State {
     pub server_master: Option<Addr>,
     /// Forwards the `PUBLISH`es of this node's clients to the other masters.
     pub publish: Forwarder,
+    /// The accepted pushes as the `config-file` stores them.
+    pub saved: Saved,
 }
 
 impl State {

@@ -22,4 +22,6 @@ pub struct Stats {
     pub setrepl_rejected: u64,
     /// Blocked clients released (`CLIENT UNBLOCK`) because their slot left this node.
     pub blocked_released: u64,
+    /// Pushes refused because the `config-file` could not be written.
+    pub config_write_failed: u64,
 }

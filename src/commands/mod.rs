@@ -27,6 +27,11 @@ pub trait Server {
     fn set_master(&self, master: Option<&Addr>) -> Result<(), String>;
     /// Up to `max` keys of `slot` in the caller's database, and how many keys the slot has.
     fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>);
+    /// Saves an accepted push to the module's `config-file`, when there is one. An error refuses
+    /// the push (nothing applied), so the control plane retries.
+    fn save_config(&self, _saved: &crate::topology::persist::Saved) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The first listening port that is not 0 (for displaying an unconfigured node).

@@ -18,7 +18,7 @@ use crate::addr::Addr;
 use crate::reply::Reply;
 use crate::state::{Replication, State};
 use crate::topology::setrepl::ReplRole;
-use crate::topology::{setcluster, setrepl, GroupKind, Topology};
+use crate::topology::{persist, setcluster, setrepl, GroupKind, Topology};
 
 /// The subcommands, as registered (`umctl.<name>`).
 pub const SUBCOMMANDS: [&str; 7] = [
@@ -36,6 +36,8 @@ pub const SUBCOMMANDS: [&str; 7] = [
 pub const OLD_EPOCH: &str = "OLD_EPOCH";
 /// Reply to a push whose local part names another server.
 pub const NOT_MY_META: &str = "ERR_NOT_MY_META";
+/// Prefix of the reply to a push refused because the `config-file` could not be written.
+pub const CONFIG_WRITE: &str = "ERR_CONFIG_WRITE";
 
 /// Runs `UMCTL <sub> args...`.
 pub fn run(server: &dyn Server, state: &mut State, sub: &[u8], args: &[&[u8]]) -> Reply {
@@ -120,6 +122,15 @@ fn set_cluster(server: &dyn Server, state: &mut State, args: &[&[u8]]) -> Reply 
         state.stats.setcluster_rejected += 1;
         return Reply::error(OLD_EPOCH);
     }
+    let mut saved = state.saved.clone();
+    saved.version = persist::FORMAT_VERSION;
+    saved.setcluster = Some(persist::to_strings(args));
+    if let Err(e) = server.save_config(&saved) {
+        state.stats.setcluster_rejected += 1;
+        state.stats.config_write_failed += 1;
+        return Reply::error(format!("{CONFIG_WRITE} {e}"));
+    }
+    state.saved = saved;
     let warn = !sc.ignored_config.is_empty();
     state.topology = Some(Topology::new(
         sc.epoch,
@@ -182,6 +193,18 @@ fn set_repl(server: &dyn Server, state: &mut State, args: &[&[u8]]) -> Reply {
             }
         }
     }
+    // REPLICAOF has run; if the roles cannot be saved the push is still refused, so the control
+    // plane retries it (the server keeps following the new master meanwhile, which is harmless:
+    // the retry asks for the same thing).
+    let mut saved = state.saved.clone();
+    saved.version = persist::FORMAT_VERSION;
+    saved.setrepl = Some(persist::to_strings(args));
+    if let Err(e) = server.save_config(&saved) {
+        state.stats.setrepl_rejected += 1;
+        state.stats.config_write_failed += 1;
+        return Reply::error(format!("{CONFIG_WRITE} {e}"));
+    }
+    state.saved = saved;
     state.replication = Replication {
         epoch: sr.epoch,
         entries: sr.entries,
@@ -272,6 +295,59 @@ mod tests {
         fn keys_in_slot(&self, _slot: u16, _max: usize) -> (u64, Vec<Vec<u8>>) {
             (0, Vec::new())
         }
+    }
+
+    /// A server whose config file cannot be written.
+    struct ReadOnlyDisk;
+    impl Server for ReadOnlyDisk {
+        fn listening_ports(&self) -> Vec<u16> {
+            vec![7001]
+        }
+        fn replication(&self) -> crate::server_info::ReplicationInfo {
+            crate::server_info::ReplicationInfo::default()
+        }
+        fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
+            Ok(())
+        }
+        fn keys_in_slot(&self, _slot: u16, _max: usize) -> (u64, Vec<Vec<u8>>) {
+            (0, Vec::new())
+        }
+        fn save_config(&self, _saved: &persist::Saved) -> Result<(), String> {
+            Err("disk full".into())
+        }
+    }
+
+    #[test]
+    fn a_push_that_cannot_be_saved_changes_nothing() {
+        let mut s = State::default();
+        let args: Vec<&[u8]> = "v2 3 NOFLAG db 127.0.0.1:7001 1 0-16383"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
+        let reply = run(&ReadOnlyDisk, &mut s, b"setcluster", &args);
+        assert_eq!(reply, Reply::error(format!("{CONFIG_WRITE} disk full")));
+        assert!(s.topology.is_none());
+        assert_eq!(s.stats.config_write_failed, 1);
+        let args: Vec<&[u8]> = "2 NOFLAG master db 127.0.0.1:7001 0"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
+        assert!(matches!(
+            run(&ReadOnlyDisk, &mut s, b"setrepl", &args),
+            Reply::Error(_)
+        ));
+        assert_eq!(s.replication.epoch, 0);
+        // A saved push is remembered verbatim, for the file.
+        let ok: Vec<&[u8]> = "v2 4 NOFLAG db 127.0.0.1:7001 1 0-16383"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
+        assert_eq!(
+            run(&FakeServer(7001), &mut s, b"setcluster", &ok),
+            Reply::Ok
+        );
+        assert_eq!(s.saved.setcluster, Some(persist::to_strings(&ok)));
+        assert_eq!(s.saved.version, persist::FORMAT_VERSION);
     }
 
     fn umctl(state: &mut State, cmd: &str) -> Reply {

@@ -20,6 +20,7 @@ use crate::resp::Value;
 use crate::server_info::ReplicationInfo;
 use crate::slot::key_slot;
 use crate::state;
+use crate::topology::persist::{self, Saved};
 
 /// Flags of the control-plane commands: admin-only, never from scripts, usable while the server
 /// loads or serves stale data (the topology does not depend on the data).
@@ -185,6 +186,58 @@ impl Server for LiveServer {
         // SAFETY: ctx is the context of the command being run, on the main thread.
         unsafe { scan_slot(self.ctx, slot, max) }
     }
+
+    fn save_config(&self, saved: &Saved) -> Result<(), String> {
+        let Some(path) = super::module::config_file() else {
+            return Ok(());
+        };
+        persist::write(&path, saved).inspect_err(|e| {
+            log_warning(&format!(
+                "umcluster: refusing a push: cannot save the config file: {e}"
+            ))
+        })
+    }
+}
+
+/// The live server while the saved config is replayed at load: everything goes to the server
+/// except saving, since the file already holds what is being replayed.
+struct Replaying<'a>(&'a LiveServer);
+
+impl Server for Replaying<'_> {
+    fn listening_ports(&self) -> Vec<u16> {
+        self.0.listening_ports()
+    }
+    fn replication(&self) -> ReplicationInfo {
+        self.0.replication()
+    }
+    fn set_master(&self, master: Option<&Addr>) -> Result<(), String> {
+        self.0.set_master(master)
+    }
+    fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>) {
+        self.0.keys_in_slot(slot, max)
+    }
+}
+
+/// Applies a saved config at load, through the same handlers a live push takes: SETCLUSTER,
+/// then SETREPL (which issues REPLICAOF). `FORCE` is not needed: the state is empty.
+///
+/// # Safety
+/// `ctx` must be the OnLoad context, on the main thread, after the state is initialised.
+pub unsafe fn replay_saved(ctx: *mut raw::RedisModuleCtx, saved: &Saved) -> Result<(), String> {
+    let live = LiveServer { ctx };
+    let server = Replaying(&live);
+    for (sub, args) in [
+        ("setcluster", &saved.setcluster),
+        ("setrepl", &saved.setrepl),
+    ] {
+        let Some(args) = args else { continue };
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let reply = state::with_mut(|st| umctl::run(&server, st, sub.as_bytes(), &refs));
+        if let Reply::Error(e) = reply {
+            return Err(format!("saved {} refused: {e}", sub.to_ascii_uppercase()));
+        }
+    }
+    Ok(())
 }
 
 struct SlotScan {

@@ -81,6 +81,7 @@ pub fn fields(st: &State) -> Vec<(&'static str, String)> {
         ("setcluster_rejected", s.setcluster_rejected.to_string()),
         ("setrepl_accepted", s.setrepl_accepted.to_string()),
         ("setrepl_rejected", s.setrepl_rejected.to_string()),
+        ("config_write_failed", s.config_write_failed.to_string()),
         ("tracked_connections", st.connections.len().to_string()),
         ("blocked_released", s.blocked_released.to_string()),
         (

@@ -1,15 +1,53 @@
 //! Module load and unload: checks the server offers what the module needs, registers commands,
 //! the command filter, events and the INFO section, and builds the command table.
 //!
-//! The module takes no arguments yet; any argument is refused so a typo cannot go unnoticed.
+//! Arguments: `config-file <path>` (the accepted topology and replication roles are saved there
+//! and loaded back at start, see [`crate::topology::persist`]). Any other argument is refused so a
+//! typo cannot go unnoticed.
 
 use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use redis_module::{raw, Context, RedisString, Status};
 
 use super::{call, client, commands, events, filter, guard, info, log_notice, log_warning, rm};
 use crate::command_table::CommandTable;
 use crate::state::{self, State};
+use crate::topology::persist;
+
+/// The `config-file` argument, when given.
+static CONFIG_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Where accepted pushes are saved, if anywhere.
+pub fn config_file() -> Option<PathBuf> {
+    CONFIG_FILE.lock().ok().and_then(|g| g.clone())
+}
+
+/// Parses the module arguments (`config-file <path>`).
+fn parse_args(args: &[RedisString]) -> Result<Option<PathBuf>, String> {
+    let mut config = None;
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(name) = it.next() {
+        if name.eq_ignore_ascii_case("config-file") {
+            match it.next() {
+                // Made absolute now: a relative path is relative to the server's `dir` at load,
+                // and stays there if `CONFIG SET dir` changes the working directory later.
+                Some(path) if !path.is_empty() => {
+                    let path = std::path::absolute(PathBuf::from(path))
+                        .map_err(|e| format!("config-file: {e}"))?;
+                    config = Some(path)
+                }
+                _ => return Err("module argument 'config-file' needs a path".into()),
+            }
+        } else {
+            return Err(format!(
+                "unknown module argument '{name}' (umcluster takes: config-file <path>)"
+            ));
+        }
+    }
+    Ok(config)
+}
 
 /// Server API functions the module calls. Redis 7.0 has them all; a server without one of them
 /// cannot run the module, and loading fails with a log line naming it.
@@ -88,11 +126,9 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
             "the server lacks {name} (redis 7.0 or later is required)"
         ));
     }
-    if let Some(arg) = args.first() {
-        return Err(format!(
-            "unknown module argument '{}' (umcluster takes no arguments yet)",
-            arg.to_string_lossy()
-        ));
+    let config = parse_args(args)?;
+    if let Ok(mut g) = CONFIG_FILE.lock() {
+        g.clone_from(&config);
     }
     // SAFETY: ctx is the OnLoad context; every call below is a registration the API allows here.
     unsafe {
@@ -127,11 +163,58 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
             server_master: commands::read_replication_info(ctx).master,
             ..State::default()
         });
-        log_notice(&format!(
-            "umcluster: loaded, routing {count} commands; waiting for UMCTL SETCLUSTER"
-        ));
+        match config {
+            Some(path) => load_config_file(ctx, &path, count),
+            None => log_notice(&format!(
+                "umcluster: loaded, routing {count} commands; waiting for UMCTL SETCLUSTER"
+            )),
+        }
     }
     Ok(Status::Ok)
+}
+
+/// Loads the saved topology and roles. Any problem leaves the node unconfigured (it answers
+/// `-CLUSTERDOWN` until the control plane pushes again) and says why in the log; it never fails
+/// the load, so a bad file cannot keep the server from starting.
+///
+/// # Safety
+/// `ctx` must be the OnLoad context, after the state is initialised.
+unsafe fn load_config_file(ctx: *mut raw::RedisModuleCtx, path: &std::path::Path, count: usize) {
+    let unconfigured = |why: String| {
+        state::with_mut(|st| {
+            st.topology = None;
+            st.replication = state::Replication::default();
+            st.saved = persist::Saved::new();
+            st.rebuild_table();
+        });
+        log_warning(&format!(
+            "umcluster: starting unconfigured, config file not used: {why}"
+        ));
+    };
+    match persist::read(path) {
+        Ok(None) => log_notice(&format!(
+            "umcluster: loaded, routing {count} commands; no config file at {} yet, waiting for \
+             UMCTL SETCLUSTER",
+            path.display()
+        )),
+        Ok(Some(saved)) => match commands::replay_saved(ctx, &saved) {
+            Ok(()) => {
+                let (epoch, repl_epoch) = state::with(|st| {
+                    (
+                        st.topology.as_ref().map_or(0, |t| t.epoch),
+                        st.replication.epoch,
+                    )
+                });
+                log_notice(&format!(
+                    "umcluster: loaded, routing {count} commands; topology epoch {epoch} and \
+                     replication epoch {repl_epoch} restored from {}",
+                    path.display()
+                ));
+            }
+            Err(e) => unconfigured(format!("{}: {e}", path.display())),
+        },
+        Err(e) => unconfigured(e),
+    }
 }
 
 /// Builds the command table from the server's `COMMAND` reply.

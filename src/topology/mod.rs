@@ -13,6 +13,7 @@
 
 pub mod compress;
 pub mod config;
+pub mod persist;
 pub mod setcluster;
 pub mod setrepl;
 

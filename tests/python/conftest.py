@@ -168,9 +168,10 @@ class RedisServer:
     def addr(self):
         return f"{HOST}:{self.port}"
 
-    def start(self, attempts=5):
+    def start(self, attempts=5, port=None):
+        """Starts the server on a free port, or on `port` (a restart keeps its address)."""
         for _ in range(attempts):
-            self.port = free_port()
+            self.port = port or free_port()
             args = [
                 "redis-server",
                 "--port", str(self.port),
@@ -242,6 +243,11 @@ class RedisServer:
         self._kill()
         if self in LIVE_SERVERS:
             LIVE_SERVERS.remove(self)
+
+    def restart(self):
+        """Kills the server (SIGKILL: no shutdown save) and starts it again on the same port."""
+        self.stop()
+        return self.start(attempts=1, port=self.port)
 
 
 @atexit.register

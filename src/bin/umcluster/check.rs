@@ -2,14 +2,16 @@
 //!
 //! Reads the node list from ADDR, then asks every node for its epoch (`UMCTL GETEPOCH`) and its
 //! view of the cluster (`CLUSTER NODES`). The cluster is healthy when every node reports the same
-//! epoch and the same slot ownership, all 16384 slots are assigned and no slot is open
-//! (migrating/importing). Prints a report in the style of `redis-cli --cluster check`; exits
+//! epoch and the same slot ownership, all 16384 slots are assigned, no slot is open
+//! (migrating/importing) and every node replicates as the topology says (a replica from its
+//! master, a master from nobody). Prints a report in the style of `redis-cli --cluster check`; exits
 //! non-zero on any problem.
 
 use std::collections::BTreeMap;
 
 use umcluster::addr::Addr;
 use umcluster::cluster_info::{parse_nodes, NodeLine};
+use umcluster::server_info::ReplicationInfo;
 use umcluster::slot::SLOT_COUNT;
 use umcluster::topology::SlotRange;
 
@@ -33,6 +35,8 @@ pub struct NodeReport {
     pub epoch: u64,
     pub lines: Vec<NodeLine>,
     pub keys: u64,
+    /// The master the server really replicates from (`INFO replication`).
+    pub following: Option<Addr>,
 }
 
 /// Reads one node's view.
@@ -42,11 +46,14 @@ pub fn read_node(addr: &Addr) -> Result<NodeReport, String> {
     let nodes = conn.call_ok(&["CLUSTER", "NODES"])?;
     let lines = parse_nodes(nodes.as_str().unwrap_or_default())?;
     let keys = key_count(&mut conn)?;
+    let info = conn.call_ok(&["INFO", "replication"])?;
+    let following = ReplicationInfo::parse(info.as_str().unwrap_or_default()).master;
     Ok(NodeReport {
         addr: addr.clone(),
         epoch,
         lines,
         keys,
+        following,
     })
 }
 
@@ -103,6 +110,27 @@ pub fn check(seed: &Addr) -> Result<Vec<String>, String> {
                 "{} is at epoch {}, {} at epoch {}",
                 r.addr, r.epoch, seed, seed_report.epoch
             ));
+        }
+        // The server's real replication must match the roles the topology gives it.
+        let expected_master = line
+            .master
+            .as_ref()
+            .and_then(|id| seed_report.lines.iter().find(|l| &l.id == id))
+            .map(|l| l.addr.clone());
+        match (&expected_master, &r.following) {
+            (Some(want), Some(got)) if !want.same_endpoint(got) => problems.push(format!(
+                "{} replicates from {got}, the topology says {want}",
+                r.addr
+            )),
+            (Some(want), None) => problems.push(format!(
+                "{} is a master, the topology says it replicates from {want}",
+                r.addr
+            )),
+            (None, Some(got)) if !line.is_replica() => problems.push(format!(
+                "{} replicates from {got}, the topology says it is a master",
+                r.addr
+            )),
+            _ => {}
         }
         let view = slot_map(&r.lines);
         if view != reference {

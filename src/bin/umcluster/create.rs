@@ -13,6 +13,7 @@ use umcluster::topology::setcluster::valid_cluster_name;
 use umcluster::topology::SlotRange;
 
 use crate::conn::Conn;
+use crate::shards::{self, Shard};
 use crate::topology_push::{push_topology, NodePlan};
 
 /// Default cluster name.
@@ -73,17 +74,24 @@ pub fn node_epoch(conn: &mut Conn) -> Result<u64, String> {
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut name = DEFAULT_NAME.to_string();
+    let mut replicas = 0usize;
     let mut addrs: Vec<Addr> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
+            "--replicas" => {
+                replicas = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--replicas needs a number")?
+            }
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             addr => addrs.push(Addr::parse(addr.as_bytes()).map_err(|e| e.to_string())?),
         }
     }
     if addrs.is_empty() {
-        return Err("usage: umcluster create [--name NAME] ADDR...".into());
+        return Err("usage: umcluster create [--name NAME] [--replicas N] ADDR...".into());
     }
     if !valid_cluster_name(name.as_bytes()) {
         return Err(format!(
@@ -114,6 +122,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         conns.push(conn);
     }
     let epoch = epoch + 1;
+    if replicas > 0 {
+        return create_with_replicas(&mut conns, &name, epoch, &addrs, replicas);
+    }
     let ranges = split_slots(addrs.len());
     let plan: Vec<NodePlan> = addrs
         .iter()
@@ -142,6 +153,48 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!(
         "Connect with: redis-cli -c -h {} -p {}",
         addrs[0].host, addrs[0].port
+    );
+    Ok(())
+}
+
+/// `create --replicas N`: masters first, replicas placed by [`shards::place`], then SETREPL and
+/// SETCLUSTER to every node, then wait for every replica's link to come up.
+fn create_with_replicas(
+    conns: &mut [Conn],
+    name: &str,
+    epoch: u64,
+    addrs: &[Addr],
+    replicas: usize,
+) -> Result<(), String> {
+    let placed = shards::place(addrs, replicas)?;
+    let ranges = split_slots(placed.len());
+    let shards: Vec<Shard> = placed
+        .into_iter()
+        .zip(ranges)
+        .map(|((master, replicas), r)| Shard {
+            master,
+            replicas,
+            ranges: vec![r],
+        })
+        .collect();
+    // Masters first, so they are masters before replicas start syncing from them.
+    let order = shards::all_nodes(&shards);
+    conns.sort_by_key(|c| order.iter().position(|a| a == &c.addr));
+    shards::push_cluster(conns, name, epoch, &shards)?;
+    for s in &shards {
+        let reps: Vec<String> = s.replicas.iter().map(|r| r.to_string()).collect();
+        println!(
+            "{} -> slots {}, replicas: {}",
+            s.master,
+            s.ranges[0],
+            reps.join(", ")
+        );
+    }
+    shards::wait_links_up(&shards, std::time::Duration::from_secs(60))?;
+    println!(
+        "[OK] cluster '{name}' created: {} masters with {replicas} replica(s) each, all \
+         {SLOT_COUNT} slots assigned, epoch {epoch}, every replica link up",
+        shards.len()
     );
     Ok(())
 }

@@ -3,30 +3,71 @@
 //! ```text
 //! umcluster create [--name NAME] ADDR...   split the slots over the nodes and push the topology
 //! umcluster check ADDR                     every node agrees on epoch and table, all slots served
+//! umcluster create --replicas N ADDR...     masters first, N replicas each
+//! umcluster failover --to REPLICA SEED      promote a replica, push the new topology
+//! umcluster add-replica NODE SEED         (re)attach NODE as a replica, push the topology
+//! umcluster sentinel-hook ARGS...           Sentinel's client-reconfig-script
+//! umcluster sentinel-config SEED            a Sentinel configuration monitoring every shard
 //! ```
+//!
+//! Run under the name `umcluster-sentinel-hook` (a symlink), the binary is the hook itself:
+//! Sentinel's `client-reconfig-script` takes a path and no arguments of its own.
 //!
 //! Set `UMCLUSTER_PASSWORD` (and `UMCLUSTER_USER`) when the nodes require AUTH.
 
 mod check;
 mod conn;
 mod create;
+mod failover;
+mod sentinel;
+mod shards;
 mod topology_push;
 
 const USAGE: &str = "\
 usage: umcluster <command> [args]
 
 commands:
-  create [--name NAME] ADDR...   split the 16384 slots evenly over the nodes (like
-                                 redis-cli --cluster create) and push the topology to each
+  create [--name NAME] [--replicas N] ADDR...
+                                 split the 16384 slots evenly over the masters (like
+                                 redis-cli --cluster create): with N replicas, the first
+                                 len/(N+1) nodes are masters and the rest their replicas
+                                 (not on their master's host when hosts differ); waits
+                                 until every replica's link is up
+  failover --to REPLICA SEED     promote REPLICA (REPLICAOF NO ONE), turn its old master, if
+                                 reachable, into a replica of it, push a new topology with a
+                                 higher epoch everywhere; running it twice is harmless
+  add-replica [--master MASTER] NODE SEED
+                                 make NODE a replica of MASTER (default: the master NODE
+                                 already follows, e.g. a failed master Sentinel demoted when
+                                 it came back) and push the topology everywhere
+  sentinel-hook NAME ROLE STATE FROM-IP FROM-PORT TO-IP TO-PORT
+                                 Sentinel's client-reconfig-script (or run the binary as
+                                 umcluster-sentinel-hook): pushes the topology after a failover
+  sentinel-config [--port P] [--quorum Q] [--down-after MS] [--hook PATH] SEED
+                                 print a Sentinel configuration (port P, default 26379),
+                                 one master name per shard (<cluster>-<i>)
   check ADDR                     check that every node agrees on the epoch and the slot table
                                  and that all slots are served
 
 ADDR is host:port ([ipv6]:port). Set UMCLUSTER_PASSWORD / UMCLUSTER_USER if the nodes need AUTH.";
 
+/// Name under which the binary acts as Sentinel's `client-reconfig-script`.
+pub const HOOK_NAME: &str = "umcluster-sentinel-hook";
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut all = std::env::args();
+    let argv0 = all.next().unwrap_or_default();
+    let args: Vec<String> = all.collect();
+    let as_hook = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == HOOK_NAME);
     let result = match args.first().map(String::as_str) {
+        _ if as_hook => sentinel::sentinel_hook(&args),
         Some("create") => create::run(&args[1..]),
+        Some("failover") => failover::failover_cmd(&args[1..]),
+        Some("add-replica") => failover::add_replica_cmd(&args[1..]),
+        Some("sentinel-hook") => sentinel::sentinel_hook(&args[1..]),
+        Some("sentinel-config") => sentinel::sentinel_config(&args[1..]),
         Some("check") => check::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
