@@ -92,6 +92,9 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         ),
         (PROBE_COMMAND.into(), probe_command, CLUSTER_FLAGS),
     ];
+    // Fault injection for the hardening tests; never compiled into a release build.
+    #[cfg(debug_assertions)]
+    commands.push((DEBUG_PANIC_COMMAND.into(), debug_panic_command, UMCTL_FLAGS));
     for sub in umctl::SUBCOMMANDS {
         commands.push((format!("umctl.{sub}"), umctl_dotted_command, UMCTL_FLAGS));
     }
@@ -113,6 +116,25 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         set_acl_categories(ctx, &cname);
     }
     Ok(())
+}
+
+/// Debug builds only: a command whose handler panics while it holds the state mutably, to prove
+/// that [`guard`] turns the panic into an error reply and releases the state.
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_COMMAND: &str = "umcluster.debug-panic";
+
+#[cfg(debug_assertions)]
+extern "C" fn debug_panic_command(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    // SAFETY: ctx is the context of this command.
+    unsafe {
+        run_command(ctx, "umcluster.debug-panic", || {
+            state::with_mut(|_st| -> Reply { panic!("injected by umcluster.debug-panic") })
+        })
+    }
 }
 
 /// Internal command run through `RedisModule_Call` during client-identity calibration.
@@ -243,6 +265,15 @@ unsafe fn run_command(
 }
 
 unsafe fn calibrate(ctx: *mut raw::RedisModuleCtx) {
+    // Reads server memory at a probed offset: a surprise there must not take the command down.
+    guard(
+        "client identity calibration",
+        || calibrate_unguarded(ctx),
+        |_| (),
+    );
+}
+
+unsafe fn calibrate_unguarded(ctx: *mut raw::RedisModuleCtx) {
     let outcome = client::calibrate(ctx, || {
         let name = CString::new(PROBE_COMMAND).unwrap_or_default();
         let reply = rm!(RedisModule_Call)(ctx, name.as_ptr(), c"".as_ptr());
@@ -289,7 +320,7 @@ extern "C" fn umctl_command(
         run_command(ctx, "UMCTL", || {
             let args = args_of(argv, argc);
             let args = refs(&args);
-            let Some((sub, rest)) = args[1..].split_first() else {
+            let Some((sub, rest)) = args.get(1..).and_then(<[&[u8]]>::split_first) else {
                 return Reply::error("ERR wrong number of arguments for 'umctl' command");
             };
             let server = LiveServer { ctx };
@@ -308,9 +339,12 @@ extern "C" fn umctl_dotted_command(
             let args = args_of(argv, argc);
             let args = refs(&args);
             // "umctl.setcluster" -> "setcluster"
-            let sub = args[0].splitn(2, |&b| b == b'.').nth(1).unwrap_or_default();
+            let Some((name, rest)) = args.split_first() else {
+                return Reply::error("ERR wrong number of arguments for 'umctl' command");
+            };
+            let sub = name.splitn(2, |&b| b == b'.').nth(1).unwrap_or_default();
             let server = LiveServer { ctx };
-            state::with_mut(|st| umctl::run(&server, st, sub, &args[1..]))
+            state::with_mut(|st| umctl::run(&server, st, sub, rest))
         })
     }
 }
@@ -325,7 +359,7 @@ extern "C" fn cluster_command(
             let args = args_of(argv, argc);
             let args = refs(&args);
             let server = LiveServer { ctx };
-            state::with(|st| cluster::run(&server, st, &args[1..]))
+            state::with(|st| cluster::run(&server, st, args.get(1..).unwrap_or_default()))
         })
     }
 }
@@ -339,7 +373,7 @@ extern "C" fn asking_command(
         run_command(ctx, "ASKING", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::asking(st, id, site, argc as usize - 1))
+            state::with_mut(|st| connection::asking(st, id, site, (argc.max(1) as usize) - 1))
         })
     }
 }
@@ -353,7 +387,9 @@ extern "C" fn readonly_command(
         run_command(ctx, "READONLY", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::readonly(st, id, site, argc as usize - 1, true))
+            state::with_mut(|st| {
+                connection::readonly(st, id, site, (argc.max(1) as usize) - 1, true)
+            })
         })
     }
 }
@@ -367,7 +403,9 @@ extern "C" fn readwrite_command(
         run_command(ctx, "READWRITE", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::readonly(st, id, site, argc as usize - 1, false))
+            state::with_mut(|st| {
+                connection::readonly(st, id, site, (argc.max(1) as usize) - 1, false)
+            })
         })
     }
 }
@@ -379,26 +417,33 @@ extern "C" fn redirect_command(
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
 ) -> c_int {
+    // SAFETY: ctx and argv are the context and arguments of this command.
     unsafe {
         calibrate(ctx);
-        let mut buf = [0u8; 24];
-        let text = if argc >= 2 {
-            string_bytes(*argv.add(1), &mut buf)
-        } else {
-            &b"ERR umcluster.redirect needs an error line"[..]
-        };
-        // One line, no NUL: the reply is written as `-<text>\r\n`.
-        let clean: Vec<u8> = text
-            .iter()
-            .map(|&b| {
-                if b == b'\r' || b == b'\n' || b == 0 {
-                    b' '
+        let line = guard(
+            "umcluster.redirect",
+            || {
+                let mut buf = [0u8; 24];
+                let text = if argc >= 2 {
+                    string_bytes(*argv.add(1), &mut buf)
                 } else {
-                    b
-                }
-            })
-            .collect();
-        let line = CString::new(clean).unwrap_or_default();
+                    &b"ERR umcluster.redirect needs an error line"[..]
+                };
+                // One line, no NUL: the reply is written as `-<text>\r\n`.
+                let clean: Vec<u8> = text
+                    .iter()
+                    .map(|&b| {
+                        if b == b'\r' || b == b'\n' || b == 0 {
+                            b' '
+                        } else {
+                            b
+                        }
+                    })
+                    .collect();
+                CString::new(clean).unwrap_or_default()
+            },
+            |e| CString::new(e.replace(['\r', '\n', '\0'], " ")).unwrap_or_default(),
+        );
         rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
         raw::REDISMODULE_OK as c_int
     }

@@ -195,8 +195,21 @@ unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     state::with_mut(|st| route_command(st, &f));
 }
 
+/// Debug builds only: a command name that makes the filter panic while it holds the state, to
+/// prove the guard leaves the command untouched (the server answers "unknown command") and
+/// releases the state. Costs one comparison per command, and nothing in a release build.
+#[cfg(debug_assertions)]
+pub const DEBUG_FILTER_PANIC: &[u8] = b"umcluster.debug-filter-panic";
+
 unsafe fn route_command(st: &mut State, f: &Filter) {
     let name = f.arg(0);
+    #[cfg(debug_assertions)]
+    if name.bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC) {
+        panic!(
+            "injected by {}",
+            String::from_utf8_lossy(DEBUG_FILTER_PANIC)
+        );
+    }
     // Resolve the command as the server will (container commands by their subcommand), and find
     // its keys while the table is borrowed.
     let (role, flags, keys) = {

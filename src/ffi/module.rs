@@ -144,6 +144,11 @@ pub unsafe fn load_command_table(ctx: *mut raw::RedisModuleCtx) -> Result<Comman
 /// `deinit`: refuses to unload while a topology is in force. Without the module the server
 /// would serve every key as a standalone node, accepting writes for slots other nodes own.
 pub fn on_unload(_ctx: &Context) -> Status {
+    // A panic here would unwind into MODULE UNLOAD: refuse instead.
+    guard("module unload", unload, |_| Status::Err)
+}
+
+fn unload() -> Status {
     let configured = state::try_with(|st| st.topology.is_some()).unwrap_or(true);
     if configured {
         log_warning(

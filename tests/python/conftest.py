@@ -406,9 +406,9 @@ class RawConnection:
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"+":
-            return rest.decode()
+            return rest.decode(errors="replace")
         if kind == b"-":
-            return Err(rest.decode())
+            return Err(rest.decode(errors="replace"))
         if kind == b":":
             return int(rest)
         if kind == b"$":
