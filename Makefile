@@ -3,6 +3,8 @@
 #   make cluster        build (release) and start a local 3-node cluster on ports 7001-7003
 #   make cluster-stop   stop it
 #   make test           every test: unit, Rust integration (redis-rs), Python (redis-py, redis-cli)
+#   make fuzz           every cargo-fuzz target for FUZZ_SECONDS (default 60) each (needs cargo-fuzz)
+#   make valgrind       the hardening tests with redis-server under valgrind; reports module leaks
 #
 # Variables: PORT (first port, default 7001), NODES (default 3) for `make cluster`.
 
@@ -11,8 +13,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 7001
 NODES ?= 3
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv lint fmt clean
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv lint fmt clean fuzz valgrind
 
 all: build
 
@@ -44,6 +47,9 @@ test-rust: build-debug
 test-python: build-debug venv
 	UMCLUSTER_MODULE=$(CURDIR)/target/debug/libumcluster.so UMCLUSTER_BIN=$(CURDIR)/target/debug/umcluster \
 		$(VENV)/bin/python -m pytest -q tests/python
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
