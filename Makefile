@@ -48,6 +48,9 @@ test-python: build-debug venv
 	UMCLUSTER_MODULE=$(CURDIR)/target/debug/libumcluster.so UMCLUSTER_BIN=$(CURDIR)/target/debug/umcluster \
 		$(VENV)/bin/python -m pytest -q tests/python
 
+valgrind: build-debug venv
+	VENV=$(VENV) scripts/valgrind.sh
+
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
