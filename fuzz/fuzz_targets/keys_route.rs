@@ -115,12 +115,16 @@ fuzz_target!(|data: &[u8]| {
     let exists_mask = r.u8();
 
     let argc = args.len();
-    let keys: Vec<&[u8]> = match plan.keys(argc, |i| args.get(i).and_then(|a| parse_strict_i64(a))) {
+    let keys: Vec<&[u8]> = match plan.keys(argc, |i| args.get(i).and_then(|a| parse_strict_i64(a)))
+    {
         Keys::None | Keys::AskServer => Vec::new(),
         Keys::At(ranges) => ranges
             .positions()
             .map(|p| {
-                assert!(p >= 1 && p < argc, "key position {p} outside {argc} arguments");
+                assert!(
+                    p >= 1 && p < argc,
+                    "key position {p} outside {argc} arguments"
+                );
                 args[p]
             })
             .collect(),
@@ -129,13 +133,22 @@ fuzz_target!(|data: &[u8]| {
     assert!(slots.iter().all(|&s| (s as usize) < SLOT_COUNT));
 
     let mut n = 0u32;
-    let decision = router::route(&table, keys.iter().copied(), cmd, client, &mut |_k: &&[u8]| {
-        n += 1;
-        exists_mask & (1 << (n % 8)) != 0
-    });
+    let decision = router::route(
+        &table,
+        keys.iter().copied(),
+        cmd,
+        client,
+        &mut |_k: &&[u8]| {
+            n += 1;
+            exists_mask & (1 << (n % 8)) != 0
+        },
+    );
     match decision {
         Decision::Moved { slot, .. } | Decision::Ask { slot, .. } => {
-            assert!(slots.contains(&slot), "redirect for slot {slot} no key hashes to");
+            assert!(
+                slots.contains(&slot),
+                "redirect for slot {slot} no key hashes to"
+            );
         }
         Decision::CrossSlot => assert!(slots.windows(2).any(|w| w[0] != w[1])),
         _ => {}

@@ -9,7 +9,11 @@ use umcluster::resp;
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok((value, used)) = resp::decode(rest) {
-        assert!(used > 0 && used <= rest.len(), "decoder consumed {used} of {}", rest.len());
+        assert!(
+            used > 0 && used <= rest.len(),
+            "decoder consumed {used} of {}",
+            rest.len()
+        );
         let _ = CommandTable::from_command_reply(&value);
         rest = &rest[used..];
     }
