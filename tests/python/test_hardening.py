@@ -233,3 +233,29 @@ def test_asking_in_a_loop_keeps_one_connection_entry(configured):
 
     wait_until(lambda: int(info_fields(node, "umcluster")["umcluster_tracked_connections"]) <= base,
                what="connection state forgotten")
+
+
+def test_maxmemory_reached_still_redirects_and_accepts_pushes(servers):
+    # used_memory of a fresh server is above 1 MB: every write is refused with OOM (noeviction).
+    node = servers.start(extra_args=["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"])
+    peer = peer_of(node)
+    assert raw(node, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "db", node.addr, "1", "0-8191",
+               "PEER", peer, "1", "8192-16383") == "OK"
+    with RawConnection(node.port) as c:
+        local = c.call("SET", LOCAL_KEY, "x")
+        assert isinstance(local, Err) and local.startswith("OOM"), local
+        # The redirect is a read-only module command: it passes the OOM check a write fails.
+        assert c.call("SET", REMOTE_KEY, "x") == Err(f"MOVED {key_slot(REMOTE_KEY)} {peer}")
+        assert c.call("ASKING") == "OK"
+        # The control plane still works: a new table is accepted under OOM.
+        assert c.call("UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "db", node.addr, "1", "0-16383") == "OK"
+        assert c.call("UMCTL", "GETEPOCH") == 2
+        assert c.call("GET", REMOTE_KEY) is None
+
+
+def test_unknown_commands_are_answered_by_the_server(configured):
+    with RawConnection(configured.port) as c:
+        for name in ["NOSUCHCOMMAND", "", "\x00", "umcluster.nosuch", "x" * 10000]:
+            reply = c.call(name, "a", "b")
+            assert isinstance(reply, Err) and "unknown command" in reply, reply
+        assert c.call("PING") == "PONG"
