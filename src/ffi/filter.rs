@@ -49,6 +49,15 @@ pub fn set_exists_context(ctx: *mut raw::RedisModuleCtx) {
     EXISTS_CTX.store(ctx, Ordering::Relaxed);
 }
 
+/// Frees the key-existence context (module unload, after the filter is gone for good).
+pub fn free_exists_context() {
+    let ctx = EXISTS_CTX.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    if !ctx.is_null() {
+        // SAFETY: made by RedisModule_GetDetachedThreadSafeContext at load, freed once (swapped out).
+        unsafe { rm!(RedisModule_FreeThreadSafeContext)(ctx) };
+    }
+}
+
 /// Entry point registered with `RedisModule_RegisterCommandFilter`.
 ///
 /// # Safety
@@ -326,6 +335,10 @@ unsafe fn server_keys(f: &Filter, out: &mut KeyArgs) -> bool {
     let mut argv = argv;
     let mut num = 0 as c_int;
     let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    if ctx.is_null() {
+        // Not loaded yet or being unloaded: no keys known, the command is left as it is.
+        return false;
+    }
     let positions = rm!(RedisModule_GetCommandKeysWithFlags)(
         ctx,
         argv.as_mut_ptr(),

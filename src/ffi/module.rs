@@ -158,5 +158,6 @@ fn unload() -> Status {
         return Status::Err;
     }
     state::clear();
+    filter::free_exists_context();
     Status::Ok
 }
