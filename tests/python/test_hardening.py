@@ -259,3 +259,17 @@ def test_unknown_commands_are_answered_by_the_server(configured):
             reply = c.call(name, "a", "b")
             assert isinstance(reply, Err) and "unknown command" in reply, reply
         assert c.call("PING") == "PONG"
+
+
+def test_module_unload_is_refused_while_a_topology_is_in_force(configured, servers):
+    node = configured
+    reply = raw(node, "MODULE", "UNLOAD", "umcluster")
+    assert isinstance(reply, Err), reply
+    # Still loaded and routing.
+    assert raw(node, "GET", REMOTE_KEY) == Err(f"MOVED {key_slot(REMOTE_KEY)} {node.peer}")
+    assert raw(node, "UMCTL", "GETEPOCH") == 5
+    # A node that never received a topology serves as a standalone server: unloading is safe.
+    fresh = servers.start()
+    assert raw(fresh, "MODULE", "UNLOAD", "umcluster") == "OK"
+    assert raw(fresh, "SET", REMOTE_KEY, "x") == "OK"
+    assert fresh.proc.poll() is None
