@@ -5,6 +5,8 @@
 #   make test           every test: unit, Rust integration (redis-rs), Python (redis-py, redis-cli)
 #   make bench          benchmarks (callgrind instruction counts, throughput vs plain and haproxy);
 #                       not part of `make test`. BENCH_ARGS are passed to bench/bench.py.
+#   make fuzz           every cargo-fuzz target for FUZZ_SECONDS (default 60) each (needs cargo-fuzz)
+#   make valgrind       the hardening tests with redis-server under valgrind; reports module leaks
 #
 # Variables for `make cluster`: PORT (first port, default 7001), REPLICAS (replicas per master,
 # default 0), NODES (default 3 * (REPLICAS + 1)), SENTINELS (redis-sentinel processes, default 0;
@@ -18,8 +20,9 @@ REPLICAS ?= 0
 NODES ?= $(shell echo $$((3 * ($(REPLICAS) + 1))))
 SENTINELS ?= 0
 DOWN_AFTER ?= 5000
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench fuzz valgrind
 
 all: build
 
@@ -61,6 +64,12 @@ test-python: build-debug venv node-deps
 
 bench: build
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+valgrind: build-debug venv
+	VENV=$(VENV) scripts/valgrind.sh
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

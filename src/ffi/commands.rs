@@ -111,6 +111,9 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         ),
         (PUBLISHED_COMMAND.into(), published_command, PUBLISH_FLAGS),
     ];
+    // Fault injection for the hardening tests; never compiled into a release build.
+    #[cfg(debug_assertions)]
+    commands.push((DEBUG_PANIC_COMMAND.into(), debug_panic_command, UMCTL_FLAGS));
     for sub in umctl::SUBCOMMANDS {
         commands.push((format!("umctl.{sub}"), umctl_dotted_command, UMCTL_FLAGS));
     }
@@ -132,6 +135,25 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         set_acl_categories(ctx, &cname);
     }
     Ok(())
+}
+
+/// Debug builds only: a command whose handler panics while it holds the state mutably, to prove
+/// that [`guard`] turns the panic into an error reply and releases the state.
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_COMMAND: &str = "umcluster.debug-panic";
+
+#[cfg(debug_assertions)]
+extern "C" fn debug_panic_command(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    // SAFETY: ctx is the context of this command.
+    unsafe {
+        run_command(ctx, "umcluster.debug-panic", || {
+            state::with_mut(|_st| -> Reply { panic!("injected by umcluster.debug-panic") })
+        })
+    }
 }
 
 /// Internal command run through `RedisModule_Call` during client-identity calibration.
@@ -314,6 +336,15 @@ unsafe fn run_command(
 }
 
 unsafe fn calibrate(ctx: *mut raw::RedisModuleCtx) {
+    // Reads server memory at a probed offset: a surprise there must not take the command down.
+    guard(
+        "client identity calibration",
+        || calibrate_unguarded(ctx),
+        |_| (),
+    );
+}
+
+unsafe fn calibrate_unguarded(ctx: *mut raw::RedisModuleCtx) {
     let outcome = client::calibrate(ctx, || {
         let name = CString::new(PROBE_COMMAND).unwrap_or_default();
         let reply = rm!(RedisModule_Call)(ctx, name.as_ptr(), c"".as_ptr());
@@ -360,7 +391,7 @@ extern "C" fn umctl_command(
         run_command(ctx, "UMCTL", || {
             let args = args_of(argv, argc);
             let args = refs(&args);
-            let Some((sub, rest)) = args[1..].split_first() else {
+            let Some((sub, rest)) = args.get(1..).and_then(<[&[u8]]>::split_first) else {
                 return Reply::error("ERR wrong number of arguments for 'umctl' command");
             };
             run_umctl(ctx, sub, rest)
@@ -411,8 +442,11 @@ extern "C" fn umctl_dotted_command(
             let args = args_of(argv, argc);
             let args = refs(&args);
             // "umctl.setcluster" -> "setcluster"
-            let sub = args[0].splitn(2, |&b| b == b'.').nth(1).unwrap_or_default();
-            run_umctl(ctx, sub, &args[1..])
+            let Some((name, rest)) = args.split_first() else {
+                return Reply::error("ERR wrong number of arguments for 'umctl' command");
+            };
+            let sub = name.splitn(2, |&b| b == b'.').nth(1).unwrap_or_default();
+            run_umctl(ctx, sub, rest)
         })
     }
 }
@@ -427,7 +461,7 @@ extern "C" fn cluster_command(
             let args = args_of(argv, argc);
             let args = refs(&args);
             let server = LiveServer { ctx };
-            state::with(|st| cluster::run(&server, st, &args[1..]))
+            state::with(|st| cluster::run(&server, st, args.get(1..).unwrap_or_default()))
         })
     }
 }
@@ -441,7 +475,7 @@ extern "C" fn asking_command(
         run_command(ctx, "ASKING", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::asking(st, id, site, argc as usize - 1))
+            state::with_mut(|st| connection::asking(st, id, site, (argc.max(1) as usize) - 1))
         })
     }
 }
@@ -455,7 +489,9 @@ extern "C" fn readonly_command(
         run_command(ctx, "READONLY", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::readonly(st, id, site, argc as usize - 1, true))
+            state::with_mut(|st| {
+                connection::readonly(st, id, site, (argc.max(1) as usize) - 1, true)
+            })
         })
     }
 }
@@ -469,7 +505,9 @@ extern "C" fn readwrite_command(
         run_command(ctx, "READWRITE", || {
             let id = rm!(RedisModule_GetClientId)(ctx);
             let site = call_site(ctx);
-            state::with_mut(|st| connection::readonly(st, id, site, argc as usize - 1, false))
+            state::with_mut(|st| {
+                connection::readonly(st, id, site, (argc.max(1) as usize) - 1, false)
+            })
         })
     }
 }
@@ -481,33 +519,47 @@ extern "C" fn redirect_command(
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
 ) -> c_int {
+    // SAFETY: ctx and argv are the context and arguments of this command.
     unsafe {
         calibrate(ctx);
-        let mut buf = [0u8; 24];
-        let text = if argc >= 2 {
-            string_bytes(*argv.add(1), &mut buf)
-        } else {
-            &b"ERR umcluster.redirect needs an error line"[..]
-        };
-        // One line, no NUL: the reply is written as `-<text>\r\n`.
-        let clean = |b: &u8| {
-            if *b == b'\r' || *b == b'\n' || *b == 0 {
-                b' '
-            } else {
-                *b
-            }
-        };
-        // Usual redirects fit on the stack: no allocation per MOVED.
-        let mut stack = [0u8; 256];
-        if text.len() < stack.len() {
-            for (out, b) in stack.iter_mut().zip(text) {
-                *out = clean(b);
-            }
-            rm!(RedisModule_ReplyWithError)(ctx, stack.as_ptr().cast());
-        } else {
-            let line =
-                CString::new(text.iter().map(clean).collect::<Vec<u8>>()).unwrap_or_default();
-            rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
+        let replied = guard(
+            "umcluster.redirect",
+            || {
+                let mut buf = [0u8; 24];
+                let text = if argc >= 2 {
+                    string_bytes(*argv.add(1), &mut buf)
+                } else {
+                    &b"ERR umcluster.redirect needs an error line"[..]
+                };
+                // One line, no NUL: the reply is written as `-<text>\r\n`.
+                let clean = |b: &u8| {
+                    if *b == b'\r' || *b == b'\n' || *b == 0 {
+                        b' '
+                    } else {
+                        *b
+                    }
+                };
+                // Usual redirects fit on the stack: no allocation per MOVED.
+                let mut stack = [0u8; 256];
+                if text.len() < stack.len() {
+                    for (out, b) in stack.iter_mut().zip(text) {
+                        *out = clean(b);
+                    }
+                    rm!(RedisModule_ReplyWithError)(ctx, stack.as_ptr().cast());
+                } else {
+                    let line = CString::new(text.iter().map(clean).collect::<Vec<u8>>())
+                        .unwrap_or_default();
+                    rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr());
+                }
+                true
+            },
+            |_| false,
+        );
+        if !replied {
+            rm!(RedisModule_ReplyWithError)(
+                ctx,
+                c"ERR umcluster: internal error in umcluster.redirect".as_ptr(),
+            );
         }
         raw::REDISMODULE_OK as c_int
     }
@@ -526,7 +578,7 @@ extern "C" fn info_command(
             || {
                 let args = args_of(argv, argc);
                 let args = refs(&args);
-                match call::call(ctx, "INFO", &args[1..]) {
+                match call::call(ctx, "INFO", args.get(1..).unwrap_or_default()) {
                     Ok(Value::Bulk(text)) => {
                         let text = crate::commands::info::patch_cluster_enabled(&text);
                         rm!(RedisModule_ReplyWithVerbatimString)(
@@ -564,15 +616,15 @@ unsafe fn publish(
     let reply = guard(
         "PUBLISH",
         || {
-            if argc != 3 {
-                return Reply::error("ERR wrong number of arguments for 'publish' command");
-            }
             let args = args_of(argv, argc);
+            let [_, channel, message] = &args[..] else {
+                return Reply::error("ERR wrong number of arguments for 'publish' command");
+            };
             // "C": the caller's ACL (channel permissions included); "!": replicate as PUBLISH.
-            match call::call_with(ctx, "PUBLISH", &[&args[1], &args[2]], c"vEC!") {
+            match call::call_with(ctx, "PUBLISH", &[channel, message], c"vEC!") {
                 Ok(Value::Int(receivers)) => {
                     if forward {
-                        state::with_mut(|st| st.publish.forward(&args[1], &args[2]));
+                        state::with_mut(|st| st.publish.forward(channel, message));
                     }
                     Reply::Int(receivers)
                 }

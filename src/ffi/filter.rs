@@ -55,6 +55,15 @@ pub fn set_exists_context(ctx: *mut raw::RedisModuleCtx) {
     EXISTS_CTX.store(ctx, Ordering::Relaxed);
 }
 
+/// Frees the key-existence context (module unload, after the filter is gone for good).
+pub fn free_exists_context() {
+    let ctx = EXISTS_CTX.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    if !ctx.is_null() {
+        // SAFETY: made by RedisModule_GetDetachedThreadSafeContext at load, freed once (swapped out).
+        unsafe { rm!(RedisModule_FreeThreadSafeContext)(ctx) };
+    }
+}
+
 /// Entry point registered with `RedisModule_RegisterCommandFilter`.
 ///
 /// # Safety
@@ -245,8 +254,21 @@ unsafe fn fast_path(st: &State, f: &Filter) -> bool {
     }
 }
 
+/// Debug builds only: a command name that makes the filter panic while it holds the state, to
+/// prove the guard leaves the command untouched (the server answers "unknown command") and
+/// releases the state. Costs one comparison per command, and nothing in a release build.
+#[cfg(debug_assertions)]
+pub const DEBUG_FILTER_PANIC: &[u8] = b"umcluster.debug-filter-panic";
+
 unsafe fn route_command(st: &mut State, f: &Filter) {
     let name = f.arg(0);
+    #[cfg(debug_assertions)]
+    if name.bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC) {
+        panic!(
+            "injected by {}",
+            String::from_utf8_lossy(DEBUG_FILTER_PANIC)
+        );
+    }
     // Resolve the command as the server will (container commands by their subcommand), and find
     // its keys while the table is borrowed.
     let (role, flags, keys) = {
@@ -364,6 +386,10 @@ unsafe fn server_keys(f: &Filter, out: &mut KeyArgs) -> bool {
     let mut argv = argv;
     let mut num = 0 as c_int;
     let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    if ctx.is_null() {
+        // Not loaded yet or being unloaded: no keys known, the command is left as it is.
+        return false;
+    }
     let positions = rm!(RedisModule_GetCommandKeysWithFlags)(
         ctx,
         argv.as_mut_ptr(),

@@ -251,6 +251,32 @@ pub fn new_string(bytes: &[u8]) -> *mut raw::RedisModuleString {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
+    #[test]
+    fn guard_turns_a_panic_into_the_fallback_and_releases_borrows() {
+        let cell = RefCell::new(5);
+        let out = super::guard(
+            "a test",
+            || {
+                let mut v = cell.borrow_mut();
+                *v += 1;
+                if *v > 0 {
+                    panic!("boom {}", *v);
+                }
+                0
+            },
+            |msg| {
+                assert!(msg.contains("internal error in a test: boom 6"), "{msg}");
+                -1
+            },
+        );
+        assert_eq!(out, -1);
+        // The unwind dropped the borrow: the cell is usable again.
+        assert_eq!(*cell.try_borrow_mut().expect("borrow released"), 6);
+        assert_eq!(super::guard("ok", || 3, |_| -1), 3);
+    }
+
     #[test]
     fn itoa_renders_integers() {
         for v in [0i64, 7, -7, 10000, i64::MIN, i64::MAX] {

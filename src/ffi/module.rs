@@ -233,6 +233,11 @@ pub unsafe fn load_command_table(ctx: *mut raw::RedisModuleCtx) -> Result<Comman
 /// `deinit`: refuses to unload while a topology is in force. Without the module the server
 /// would serve every key as a standalone node, accepting writes for slots other nodes own.
 pub fn on_unload(_ctx: &Context) -> Status {
+    // A panic here would unwind into MODULE UNLOAD: refuse instead.
+    guard("module unload", unload, |_| Status::Err)
+}
+
+fn unload() -> Status {
     let configured = state::try_with(|st| st.topology.is_some()).unwrap_or(true);
     if configured {
         log_warning(
@@ -242,5 +247,6 @@ pub fn on_unload(_ctx: &Context) -> Status {
         return Status::Err;
     }
     state::clear();
+    filter::free_exists_context();
     Status::Ok
 }

@@ -17,7 +17,7 @@ pub unsafe fn send(ctx: *mut raw::RedisModuleCtx, reply: &Reply) {
             rm!(RedisModule_ReplyWithSimpleString)(ctx, c"OK".as_ptr());
         }
         Reply::Simple(s) => {
-            let s = CString::new(s.replace(['\r', '\n'], " ")).unwrap_or_default();
+            let s = CString::new(s.replace(['\r', '\n', '\0'], " ")).unwrap_or_default();
             rm!(RedisModule_ReplyWithSimpleString)(ctx, s.as_ptr());
         }
         Reply::Error(e) => {

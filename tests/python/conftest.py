@@ -13,6 +13,7 @@ the `umcluster` admin tool, redis-cli and redis-benchmark. Nothing is mocked.
 
 import atexit
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -25,6 +26,8 @@ import redis
 from redis.cluster import RedisCluster
 
 HOST = "127.0.0.1"
+#: A command every redis-server is started under (`make valgrind` sets valgrind here); empty: none.
+SERVER_WRAPPER = os.environ.get("UMCLUSTER_SERVER_WRAPPER", "")
 SLOT_COUNT = 16384
 #: What `umcluster create` assigns to three nodes (same split as `redis-cli --cluster create`).
 THREE_NODE_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
@@ -189,12 +192,14 @@ class RedisServer:
             if self.with_module:
                 args += ["--loadmodule", MODULE]
             args += self.extra_args
+            # `make valgrind` runs every server under a wrapper (valgrind ...).
+            args = shlex.split(SERVER_WRAPPER) + args
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
             )
             LIVE_SERVERS.append(self)
             try:
-                outcome = wait_until(self._up_or_dead, timeout=15, what=f"redis-server on port {self.port}")
+                outcome = wait_until(self._up_or_dead, timeout=120 if SERVER_WRAPPER else 15, what=f"redis-server on port {self.port}")
             except WaitTimeout:
                 outcome = "timeout"
             if outcome == "up":
@@ -235,6 +240,13 @@ class RedisServer:
     def _kill(self):
         if self.proc is None:
             return
+        if self.proc.poll() is None and SERVER_WRAPPER:
+            # A clean exit, so the wrapper (valgrind) gets to write its report.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
@@ -412,9 +424,9 @@ class RawConnection:
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"+":
-            return rest.decode()
+            return rest.decode(errors="replace")
         if kind == b"-":
-            return Err(rest.decode())
+            return Err(rest.decode(errors="replace"))
         if kind == b":":
             return int(rest)
         if kind == b"$":

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the hardening tests (fault injection, bad-input matrix, churn) with every redis-server
+# under `valgrind --leak-check=full`, then reports the leak records whose stack goes through
+# libumcluster. Exit status 1 when there is one.
+#
+# Debian's redis-server uses the system jemalloc; --soname-synonyms makes valgrind replace it, so
+# the module's RedisModule_Alloc blocks (which end in jemalloc's malloc) are tracked too.
+# Smaller workloads than `make test`: valgrind slows the server down ~30x.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LOGS="${VALGRIND_LOGS:-$(mktemp -d /tmp/umcluster-valgrind.XXXXXX)}"
+mkdir -p "$LOGS"
+export UMCLUSTER_SERVER_WRAPPER="valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite --soname-synonyms=somalloc=libjemalloc.so* --num-callers=30 --log-file=$LOGS/vg.%p.log"
+export UMCLUSTER_MODULE="$PWD/target/debug/libumcluster.so" UMCLUSTER_BIN="$PWD/target/debug/umcluster"
+export HARDENING_ROUNDS="${HARDENING_ROUNDS:-400}" CHURN_PUSHES="${CHURN_PUSHES:-40}"
+
+"${VENV:-.venv}/bin/python" -m pytest -q tests/python/test_hardening.py tests/python/test_churn.py "$@"
+
+echo "valgrind logs: $LOGS"
+grep -h "definitely lost:\|indirectly lost:\|ERROR SUMMARY" "$LOGS"/vg.*.log | sort | uniq -c
+# A leak record is a paragraph starting with "blocks are definitely|indirectly lost".
+leaks=$(awk '/blocks are (definitely|indirectly) lost/ {rec=$0; inrec=1; next}
+             inrec && /^==[0-9]+== $/ {if (rec ~ /umcluster/) print rec "\n"; inrec=0; next}
+             inrec {rec=rec "\n" $0}' "$LOGS"/vg.*.log)
+if [ -n "$leaks" ]; then
+    echo "leaks through libumcluster:"
+    echo "$leaks"
+    exit 1
+fi
+echo "no leak record goes through libumcluster"
