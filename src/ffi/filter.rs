@@ -223,6 +223,14 @@ unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         argc: argc as usize,
     };
     state::with_mut(|st| {
+        // Before the fast path, which lets unknown commands through untouched.
+        #[cfg(debug_assertions)]
+        if f.arg(0).bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC) {
+            panic!(
+                "injected by {}",
+                String::from_utf8_lossy(DEBUG_FILTER_PANIC)
+            );
+        }
         if !fast_path(st, &f) {
             route_command(st, &f);
         }
@@ -262,13 +270,6 @@ pub const DEBUG_FILTER_PANIC: &[u8] = b"umcluster.debug-filter-panic";
 
 unsafe fn route_command(st: &mut State, f: &Filter) {
     let name = f.arg(0);
-    #[cfg(debug_assertions)]
-    if name.bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC) {
-        panic!(
-            "injected by {}",
-            String::from_utf8_lossy(DEBUG_FILTER_PANIC)
-        );
-    }
     // Resolve the command as the server will (container commands by their subcommand), and find
     // its keys while the table is borrowed.
     let (role, flags, keys) = {
