@@ -32,6 +32,9 @@ impl CmdFlags {
     pub const MIGRATE: CmdFlags = CmdFlags(1 << 4);
     /// The command may block the client (`blocking` flag: BLPOP, BZPOPMIN, XREAD ...).
     pub const BLOCKING: CmdFlags = CmdFlags(1 << 5);
+    /// `RESTORE`: what a standalone server's `MIGRATE` sends (a cluster node sends
+    /// RESTORE-ASKING); served in an importing slot when it comes from the migration's source.
+    pub const RESTORE: CmdFlags = CmdFlags(1 << 6);
 
     pub const fn empty() -> CmdFlags {
         CmdFlags(0)
@@ -564,6 +567,7 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
             flags = flags.union(CmdFlags::PUBSUB_SHARD)
         }
         b"migrate" => flags = flags.union(CmdFlags::MIGRATE),
+        b"restore" => flags = flags.union(CmdFlags::RESTORE),
         _ => {}
     }
 

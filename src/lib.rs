@@ -16,6 +16,7 @@ pub mod command_table;
 pub mod commands;
 pub mod connections;
 pub mod ffi;
+pub mod migration;
 pub mod node_id;
 pub mod pubsub;
 pub mod reply;

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use crate::addr::Addr;
 use crate::command_table::CommandTable;
 use crate::connections::Connections;
+use crate::migration::Task;
 use crate::pubsub::Forwarder;
 use crate::router::SlotTable;
 use crate::stats::Stats;
@@ -75,6 +76,8 @@ pub struct State {
     pub publish: Forwarder,
     /// The accepted pushes as the `config-file` stores them.
     pub saved: Saved,
+    /// Slot migrations this node is the source of.
+    pub migrations: Vec<Task>,
 }
 
 impl State {

@@ -24,4 +24,8 @@ pub struct Stats {
     pub blocked_released: u64,
     /// Pushes refused because the `config-file` could not be written.
     pub config_write_failed: u64,
+    /// Slot migration totals since load (tasks come and go; these stay).
+    pub migration_keys_moved: u64,
+    pub migration_bytes_moved: u64,
+    pub migration_errors: u64,
 }

@@ -6,6 +6,7 @@
 //! UMCTL GETEPOCH                                           -> :<epoch>
 //! UMCTL READY                                              -> :1 | :0
 //! UMCTL INFOMGR                                            -> finished migrations, one bulk string each
+//! UMCTL MIGRATIONS                                         -> every migration task with its progress (field/value arrays)
 //! UMCTL INFOREPL                                           -> the replication roles in force
 //! UMCTL LISTCLUSTER                                        -> the cluster name
 //! ```
@@ -15,13 +16,14 @@
 
 use super::Server;
 use crate::addr::Addr;
+use crate::migration;
 use crate::reply::Reply;
 use crate::state::{Replication, State};
 use crate::topology::setrepl::ReplRole;
 use crate::topology::{persist, setcluster, setrepl, GroupKind, Topology};
 
 /// The subcommands, as registered (`umctl.<name>`).
-pub const SUBCOMMANDS: [&str; 7] = [
+pub const SUBCOMMANDS: [&str; 8] = [
     "setcluster",
     "setrepl",
     "getepoch",
@@ -29,6 +31,7 @@ pub const SUBCOMMANDS: [&str; 7] = [
     "infomgr",
     "inforepl",
     "listcluster",
+    "migrations",
 ];
 
 /// Reply to a push whose epoch is not newer than the one in force (undermoon's text: its
@@ -56,7 +59,11 @@ pub fn run(server: &dyn Server, state: &mut State, sub: &[u8], args: &[&[u8]]) -
         "setrepl" => set_repl(server, state, args),
         "getepoch" => no_args(Reply::Int(epoch(state) as i64)),
         "ready" => no_args(Reply::Int(ready(server, state) as i64)),
-        "infomgr" => no_args(Reply::Array(Vec::new())),
+        "infomgr" => no_args(migration::infomgr(&state.migrations, state.topology.as_ref())),
+        "migrations" => no_args(migration::migrations(
+            &state.migrations,
+            state.topology.as_ref(),
+        )),
         "inforepl" => no_args(info_repl(&state.replication)),
         "listcluster" => no_args(Reply::Array(
             state
@@ -72,6 +79,7 @@ pub fn run(server: &dyn Server, state: &mut State, sub: &[u8], args: &[&[u8]]) -
                 "UMCTL GETEPOCH",
                 "UMCTL READY",
                 "UMCTL INFOMGR",
+                "UMCTL MIGRATIONS",
                 "UMCTL INFOREPL",
                 "UMCTL LISTCLUSTER",
             ]
@@ -141,6 +149,7 @@ fn set_cluster(server: &dyn Server, state: &mut State, args: &[&[u8]]) -> Reply 
     ));
     state.server_master = server.replication().master;
     state.rebuild_table();
+    migration::sync(&mut state.migrations, state.topology.as_ref());
     state.stats.setcluster_accepted += 1;
     if warn {
         Reply::Simple("WARNING: ignored invalid config".into())

@@ -408,6 +408,7 @@ unsafe fn run_umctl(ctx: *mut raw::RedisModuleCtx, sub: &[u8], args: &[&[u8]]) -
     let server = LiveServer { ctx };
     let reply = state::with_mut(|st| umctl::run(&server, st, sub, args));
     release_blocked_elsewhere(ctx);
+    super::mover::ensure_timer(ctx);
     reply
 }
 

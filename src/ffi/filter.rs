@@ -446,6 +446,16 @@ unsafe fn slow_path(
         )
     };
 
+    // The source's MIGRATE delivers keys with plain RESTORE (no ASKING on a standalone server):
+    // accept it in an importing slot from the host the topology names as that slot's source.
+    if let (Decision::Moved { slot, .. }, true) = (decision, flags.contains(CmdFlags::RESTORE)) {
+        if matches!(st.table.get(slot), SlotRoute::Importing { .. })
+            && from_migration_source(st, caller, slot)
+        {
+            decision = Decision::Execute;
+        }
+    }
+
     // Without client identity the master link cannot be told apart: on a replica, let writes
     // through (a normal client's write is refused by the server itself, `-READONLY`).
     if caller == Caller::Unknown
@@ -592,6 +602,29 @@ unsafe fn caller_db(caller: Caller) -> i32 {
     } else {
         0
     }
+}
+
+/// Whether the caller connects from the host of the source of the migration importing `slot`.
+unsafe fn from_migration_source(st: &State, caller: Caller, slot: u16) -> bool {
+    let Some(id) = caller.id() else { return false };
+    let Some(topology) = &st.topology else {
+        return false;
+    };
+    let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
+    info.version = 1;
+    if rm!(RedisModule_GetClientInfoById)((&mut info as *mut raw::RedisModuleClientInfo).cast(), id)
+        != raw::REDISMODULE_OK as c_int
+    {
+        return false;
+    }
+    let ip = std::ffi::CStr::from_ptr(info.addr.as_ptr()).to_bytes();
+    topology.local_migrations().any(|g| match &g.kind {
+        crate::topology::GroupKind::Importing(meta) => {
+            g.ranges.iter().any(|r| r.start <= slot && slot <= r.end)
+                && meta.src_node.host.trim_matches(['[', ']']).as_bytes() == ip
+        }
+        _ => false,
+    })
 }
 
 /// Whether `key` exists in database `db`.

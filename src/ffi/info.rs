@@ -41,6 +41,7 @@ pub unsafe extern "C" fn info_callback(
 pub fn fields(st: &State) -> Vec<(&'static str, String)> {
     let t = st.topology.as_ref();
     let s = &st.stats;
+    let (running, keys_left, keys_per_sec) = crate::migration::totals(&st.migrations);
     vec![
         ("configured", (t.is_some() as u8).to_string()),
         ("epoch", t.map_or(0, |t| t.epoch).to_string()),
@@ -92,11 +93,11 @@ pub fn fields(st: &State) -> Vec<(&'static str, String)> {
             "publish_dropped",
             st.publish.stats.dropped.load(Relaxed).to_string(),
         ),
-        ("migrations_running", "0".to_string()),
-        ("migration_keys_moved", "0".to_string()),
-        ("migration_bytes_moved", "0".to_string()),
-        ("migration_keys_left", "0".to_string()),
-        ("migration_keys_per_sec", "0".to_string()),
-        ("migration_errors", "0".to_string()),
+        ("migrations_running", running.to_string()),
+        ("migration_keys_moved", s.migration_keys_moved.to_string()),
+        ("migration_bytes_moved", s.migration_bytes_moved.to_string()),
+        ("migration_keys_left", keys_left.to_string()),
+        ("migration_keys_per_sec", keys_per_sec.to_string()),
+        ("migration_errors", s.migration_errors.to_string()),
     ]
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod filter;
 pub mod info;
 pub mod module;
+pub mod mover;
 pub mod reply;
 
 use std::ffi::CString;

@@ -110,6 +110,11 @@ required_api!(
     RedisModule_ScanCursorCreate,
     RedisModule_ScanCursorDestroy,
     RedisModule_Log,
+    RedisModule_CreateTimer,
+    RedisModule_GetSelectedDb,
+    RedisModule_DbSize,
+    RedisModule_KeyType,
+    RedisModule_ValueLength,
 );
 
 /// `init` of the module: see the file comment.
@@ -164,7 +169,11 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
             ..State::default()
         });
         match config {
-            Some(path) => load_config_file(ctx, &path, count),
+            Some(path) => {
+                load_config_file(ctx, &path, count);
+                // A saved migration resumes where the keys are.
+                super::mover::ensure_timer(ctx);
+            }
             None => log_notice(&format!(
                 "umcluster: loaded, routing {count} commands; waiting for UMCTL SETCLUSTER"
             )),

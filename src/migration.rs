@@ -1,0 +1,404 @@
+//! Slot migration tasks of the source node: which ranges move where, how far the move is, and the
+//! replies of `UMCTL INFOMGR` / `UMCTL MIGRATIONS`. The moving itself (scan, `MIGRATE`, timer) is
+//! in [`crate::ffi::mover`]; this file is the bookkeeping it drives, kept free of server calls so
+//! it can be unit-tested.
+//!
+//! A task exists while the accepted topology gives this node a local `migrating` group. It is
+//! identified by the group's migration description and ranges: a re-push of the same migration
+//! with a higher cluster epoch keeps the task (and its progress); a push without it (commit or
+//! rollback) drops it. A task is `done` when a complete pass over every database found no key of
+//! its slots; `INFOMGR` lists it from then on so the control plane can commit.
+
+use crate::reply::Reply;
+use crate::topology::{GroupKind, MigrationMeta, SlotRange, Topology};
+
+/// Where a task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Scanning and moving keys.
+    Running,
+    /// The last batch failed (destination down, refused, out of memory...): waiting to retry.
+    Retrying,
+    /// A full pass found no key of the task's slots.
+    Done,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Done => "done",
+        }
+    }
+}
+
+/// Position of a task's scan, owned by the server side (a `RedisModuleScanCursor`); released by
+/// `destroy` when dropped, so dropping a task never leaks the server's cursor.
+pub struct ScanCursor {
+    pub raw: *mut std::ffi::c_void,
+    pub destroy: unsafe fn(*mut std::ffi::c_void),
+}
+
+impl Drop for ScanCursor {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from the function `destroy` belongs to and is released only here.
+        unsafe { (self.destroy)(self.raw) }
+    }
+}
+
+impl std::fmt::Debug for ScanCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScanCursor")
+    }
+}
+
+/// One migration of this node's slots to another node.
+#[derive(Debug)]
+pub struct Task {
+    pub meta: MigrationMeta,
+    pub ranges: Vec<SlotRange>,
+    /// `slots[s]`: slot `s` belongs to this task.
+    pub slots: Vec<bool>,
+    pub state: TaskState,
+    pub keys_moved: u64,
+    /// Key names plus string values moved (other types count their name only).
+    pub bytes_moved: u64,
+    pub errors: u64,
+    pub last_error: String,
+    /// Keys of the task's slots counted when the task started (from the databases' sizes and the
+    /// share of slots), until the first pass ends; then what the last pass found.
+    pub keys_estimate: Option<u64>,
+    /// Database being scanned and the scan's position in it.
+    pub db: i32,
+    pub cursor: Option<ScanCursor>,
+    /// Keys of the task's slots met in the current pass.
+    pub found_this_pass: u64,
+    /// Moved during the current pass (for `keys_left`).
+    pub moved_this_pass: u64,
+    /// No batch before this time (ms), after a failure.
+    pub retry_at_ms: u64,
+    rate_window_start_ms: u64,
+    rate_window_keys: u64,
+    pub keys_per_sec: u64,
+}
+
+impl Task {
+    pub fn new(meta: MigrationMeta, ranges: Vec<SlotRange>) -> Task {
+        let mut slots = vec![false; crate::slot::SLOT_COUNT];
+        for r in &ranges {
+            for s in r.start..=r.end {
+                slots[s as usize] = true;
+            }
+        }
+        Task {
+            meta,
+            ranges,
+            slots,
+            state: TaskState::Running,
+            keys_moved: 0,
+            bytes_moved: 0,
+            errors: 0,
+            last_error: String::new(),
+            keys_estimate: None,
+            db: 0,
+            cursor: None,
+            found_this_pass: 0,
+            moved_this_pass: 0,
+            retry_at_ms: 0,
+            rate_window_start_ms: 0,
+            rate_window_keys: 0,
+            keys_per_sec: 0,
+        }
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.slots.iter().filter(|&&s| s).count()
+    }
+
+    /// Keys of the task's slots still here, as far as known; `None` before anything is known.
+    pub fn keys_left(&self) -> Option<u64> {
+        if self.state == TaskState::Done {
+            return Some(0);
+        }
+        self.keys_estimate
+            .map(|e| e.saturating_sub(self.moved_this_pass))
+    }
+
+    /// A batch of `keys` keys (`bytes` bytes) reached the destination at `now_ms`.
+    pub fn moved(&mut self, keys: u64, bytes: u64, now_ms: u64) {
+        self.keys_moved += keys;
+        self.bytes_moved += bytes;
+        self.moved_this_pass += keys;
+        if self.state == TaskState::Retrying {
+            self.state = TaskState::Running;
+        }
+        self.tick_rate(now_ms, keys);
+    }
+
+    /// Updates the keys-per-second figure over windows of about a second.
+    pub fn tick_rate(&mut self, now_ms: u64, keys: u64) {
+        if self.rate_window_start_ms == 0 {
+            self.rate_window_start_ms = now_ms;
+        }
+        self.rate_window_keys += keys;
+        let elapsed = now_ms.saturating_sub(self.rate_window_start_ms);
+        if elapsed >= 1000 {
+            self.keys_per_sec = self.rate_window_keys * 1000 / elapsed;
+            self.rate_window_start_ms = now_ms;
+            self.rate_window_keys = 0;
+        }
+    }
+
+    /// A batch failed: keys stay here, retry after `backoff_ms`.
+    pub fn failed(&mut self, error: String, now_ms: u64, backoff_ms: u64) {
+        self.errors += 1;
+        self.last_error = error;
+        self.state = TaskState::Retrying;
+        self.retry_at_ms = now_ms + backoff_ms;
+        // Keys that failed to move are still here: the pass cannot end the task.
+        self.found_this_pass += 1;
+    }
+
+    /// A pass over every database ended. Returns whether the task is now done.
+    pub fn end_pass(&mut self) -> bool {
+        let found = self.found_this_pass;
+        self.keys_estimate = Some(found.saturating_sub(self.moved_this_pass));
+        self.found_this_pass = 0;
+        self.moved_this_pass = 0;
+        self.db = 0;
+        self.cursor = None;
+        if found == 0 {
+            self.state = TaskState::Done;
+            self.keys_per_sec = 0;
+        }
+        self.state == TaskState::Done
+    }
+
+    /// The `INFOMGR` line of a finished task (undermoon's format).
+    pub fn infomgr_line(&self, cluster_name: &str) -> String {
+        let ranges: Vec<String> = self.ranges.iter().map(|r| r.to_string()).collect();
+        format!(
+            "{} MIGRATING {} {} {} {} {} {} {}",
+            cluster_name,
+            self.ranges.len(),
+            ranges.join(" "),
+            self.meta.epoch,
+            self.meta.src_proxy,
+            self.meta.src_node,
+            self.meta.dst_proxy,
+            self.meta.dst_node
+        )
+    }
+}
+
+fn ranges_text(ranges: &[SlotRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Brings `tasks` in line with `topology`: one task per local `migrating` group; an existing task
+/// for the same migration and ranges is kept as it is. Returns how many tasks were dropped.
+pub fn sync(tasks: &mut Vec<Task>, topology: Option<&Topology>) -> usize {
+    let wanted: Vec<(MigrationMeta, Vec<SlotRange>)> = topology
+        .map(|t| {
+            t.local_migrations()
+                .filter_map(|g| match &g.kind {
+                    GroupKind::Migrating(meta) => Some((meta.clone(), g.ranges.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let before = tasks.len();
+    tasks.retain(|t| wanted.iter().any(|(m, r)| *m == t.meta && *r == t.ranges));
+    let dropped = before - tasks.len();
+    for (meta, ranges) in wanted {
+        if !tasks.iter().any(|t| t.meta == meta && t.ranges == ranges) {
+            tasks.push(Task::new(meta, ranges));
+        }
+    }
+    dropped
+}
+
+/// `UMCTL INFOMGR`: the finished tasks.
+pub fn infomgr(tasks: &[Task], topology: Option<&Topology>) -> Reply {
+    let Some(t) = topology else {
+        return Reply::Array(Vec::new());
+    };
+    Reply::Array(
+        tasks
+            .iter()
+            .filter(|task| task.state == TaskState::Done)
+            .map(|task| Reply::bulk(task.infomgr_line(&t.cluster_name)))
+            .collect(),
+    )
+}
+
+/// `UMCTL MIGRATIONS`: every task of this node (the source's tasks with their progress; the
+/// destination's `importing` groups as `running`), each a flat field/value array.
+pub fn migrations(tasks: &[Task], topology: Option<&Topology>) -> Reply {
+    let entry = |fields: Vec<(&str, String)>| {
+        Reply::Array(
+            fields
+                .into_iter()
+                .flat_map(|(k, v)| [Reply::bulk(k), Reply::bulk(v)])
+                .collect(),
+        )
+    };
+    let mut out: Vec<Reply> = tasks
+        .iter()
+        .map(|t| {
+            entry(vec![
+                ("ranges", ranges_text(&t.ranges)),
+                ("role", "migrating".into()),
+                ("epoch", t.meta.epoch.to_string()),
+                ("src", t.meta.src_proxy.to_string()),
+                ("dst", t.meta.dst_proxy.to_string()),
+                ("state", t.state.as_str().into()),
+                ("keys_moved", t.keys_moved.to_string()),
+                ("bytes_moved", t.bytes_moved.to_string()),
+                (
+                    "keys_left",
+                    t.keys_left().map_or("-1".into(), |k| k.to_string()),
+                ),
+                ("keys_per_sec", t.keys_per_sec.to_string()),
+                ("errors", t.errors.to_string()),
+                ("last_error", t.last_error.clone()),
+            ])
+        })
+        .collect();
+    if let Some(topology) = topology {
+        for g in topology.local_migrations() {
+            if let GroupKind::Importing(meta) = &g.kind {
+                out.push(entry(vec![
+                    ("ranges", ranges_text(&g.ranges)),
+                    ("role", "importing".into()),
+                    ("epoch", meta.epoch.to_string()),
+                    ("src", meta.src_proxy.to_string()),
+                    ("dst", meta.dst_proxy.to_string()),
+                    ("state", "running".into()),
+                    ("keys_moved", "0".into()),
+                    ("bytes_moved", "0".into()),
+                    ("keys_left", "-1".into()),
+                    ("keys_per_sec", "0".into()),
+                    ("errors", "0".into()),
+                    ("last_error", String::new()),
+                ]));
+            }
+        }
+    }
+    Reply::Array(out)
+}
+
+/// Totals for `INFO umcluster`: (running tasks, keys left or -1 when unknown, keys per second).
+pub fn totals(tasks: &[Task]) -> (usize, i64, u64) {
+    let running = tasks.iter().filter(|t| t.state != TaskState::Done).count();
+    let mut left = 0i64;
+    for t in tasks {
+        match t.keys_left() {
+            Some(k) => left += k as i64,
+            None => return (running, -1, tasks.iter().map(|t| t.keys_per_sec).sum()),
+        }
+    }
+    (running, left, tasks.iter().map(|t| t.keys_per_sec).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::setcluster;
+
+    fn topology(text: &str) -> Topology {
+        let args: Vec<&[u8]> = text.split(' ').map(str::as_bytes).collect();
+        let sc = setcluster::parse(&args).expect("valid SETCLUSTER");
+        Topology::new(sc.epoch, sc.cluster_name, sc.local, sc.peers, sc.config)
+    }
+
+    const MIGRATING: &str = "v2 5 NOFLAG c 127.0.0.1:7001 1 101-16383 \
+        127.0.0.1:7001 migrating 1 0-100 4 127.0.0.1:7001 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7002 \
+        PEER 127.0.0.1:7002 importing 1 0-100 4 127.0.0.1:7001 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7002";
+
+    #[test]
+    fn sync_creates_one_task_per_migrating_group_and_keeps_it_across_repushes() {
+        let mut tasks = Vec::new();
+        let t = topology(MIGRATING);
+        assert_eq!(sync(&mut tasks, Some(&t)), 0);
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].slot_count(), 101);
+        assert!(tasks[0].slots[100] && !tasks[0].slots[101]);
+        tasks[0].moved(7, 70, 1);
+        let again = topology(&MIGRATING.replacen("v2 5", "v2 6", 1));
+        assert_eq!(sync(&mut tasks, Some(&again)), 0);
+        assert_eq!(
+            tasks[0].keys_moved, 7,
+            "a re-push keeps the task's progress"
+        );
+        let committed =
+            topology("v2 7 NOFLAG c 127.0.0.1:7001 1 101-16383 PEER 127.0.0.1:7002 1 0-100");
+        assert_eq!(sync(&mut tasks, Some(&committed)), 1);
+        assert!(tasks.is_empty());
+    }
+
+    #[test]
+    fn a_pass_that_finds_nothing_finishes_the_task_and_infomgr_lists_it() {
+        let t = topology(MIGRATING);
+        let mut tasks = Vec::new();
+        sync(&mut tasks, Some(&t));
+        assert_eq!(infomgr(&tasks, Some(&t)), Reply::Array(vec![]));
+        tasks[0].found_this_pass = 3;
+        tasks[0].moved(3, 30, 5);
+        assert!(
+            !tasks[0].end_pass(),
+            "keys were met: another pass is needed"
+        );
+        assert_eq!(tasks[0].keys_left(), Some(0));
+        assert!(tasks[0].end_pass());
+        assert_eq!(
+            infomgr(&tasks, Some(&t)),
+            Reply::Array(vec![Reply::bulk(
+                "c MIGRATING 1 0-100 4 127.0.0.1:7001 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7002"
+            )])
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_retries_later_and_keeps_the_pass_open() {
+        let t = topology(MIGRATING);
+        let mut tasks = Vec::new();
+        sync(&mut tasks, Some(&t));
+        tasks[0].failed("IOERR".into(), 1000, 200);
+        assert_eq!(tasks[0].state, TaskState::Retrying);
+        assert_eq!(tasks[0].retry_at_ms, 1200);
+        assert!(!tasks[0].end_pass());
+        tasks[0].moved(1, 1, 1300);
+        assert_eq!(tasks[0].state, TaskState::Running);
+        let Reply::Array(entries) = migrations(&tasks, Some(&t)) else {
+            panic!("array")
+        };
+        assert_eq!(entries.len(), 1);
+        let Reply::Array(fields) = &entries[0] else {
+            panic!("array")
+        };
+        assert!(fields.contains(&Reply::bulk("IOERR")));
+    }
+
+    #[test]
+    fn the_destination_lists_its_importing_group() {
+        let t = topology(
+            "v2 5 NOFLAG c 127.0.0.1:7002 importing 1 0-100 4 127.0.0.1:7001 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7002 \
+             PEER 127.0.0.1:7001 1 101-16383 127.0.0.1:7001 migrating 1 0-100 4 127.0.0.1:7001 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7002",
+        );
+        let mut tasks = Vec::new();
+        sync(&mut tasks, Some(&t));
+        assert!(tasks.is_empty());
+        let Reply::Array(entries) = migrations(&tasks, Some(&t)) else {
+            panic!("array")
+        };
+        assert_eq!(entries.len(), 1);
+        assert_eq!(totals(&tasks), (0, 0, 0));
+    }
+}

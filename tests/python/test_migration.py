@@ -1,0 +1,326 @@
+"""Slot migration driven by raw UMCTL SETCLUSTER pushes: the source moves the keys of its
+migrating slots to the destination itself (every type, TTLs, every database), reports progress in
+UMCTL MIGRATIONS / INFOMGR / INFO, keeps the redirect rules during the move, survives a
+destination that is down, and keeps its replica identical."""
+
+import threading
+import time
+
+import redis
+
+from conftest import Err, RawConnection, key_slot, wait_until
+
+CLUSTER = "mig"
+LOW, HIGH = 0, 8191  # the range that moves
+# The source keeps 8192-15999; the destination owns 16000-16383 throughout, so cluster clients
+# know it before the first ASK (redis-py follows ASK only to nodes of its slot map).
+KEEP, DST_OWN = "8192-15999", "16000-16383"
+
+
+def meta(src, dst, mepoch=1):
+    return [str(mepoch), src.addr, src.addr, dst.addr, dst.addr]
+
+
+def push_stable(epoch, src, dst, src_ranges="0-15999", dst_ranges=DST_OWN):
+    """Source owns src_ranges, destination dst_ranges (one or two ranges each)."""
+    def group(addr, ranges):
+        rs = ranges.split()
+        return [addr, str(len(rs)), *rs]
+
+    def args(me, other, mine, theirs):
+        return ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
+                *group(me.addr, mine), "PEER", *group(other.addr, theirs)]
+    for node, other, mine, theirs in ((src, dst, src_ranges, dst_ranges), (dst, src, dst_ranges, src_ranges)):
+        with RawConnection(node.port) as c:
+            assert c.call(*args(node, other, mine, theirs)) == "OK"
+
+
+def push_migrating(epoch, src, dst, mepoch=1, source_only=False):
+    """Source keeps 8192-16383 and migrates 0-8191 to the destination."""
+    m = meta(src, dst, mepoch)
+    src_args = ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
+                src.addr, "1", KEEP,
+                src.addr, "migrating", "1", f"{LOW}-{HIGH}", *m,
+                "PEER", dst.addr, "1", DST_OWN, dst.addr, "importing", "1", f"{LOW}-{HIGH}", *m]
+    dst_args = ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
+                dst.addr, "1", DST_OWN, dst.addr, "importing", "1", f"{LOW}-{HIGH}", *m,
+                "PEER", src.addr, "1", KEEP,
+                src.addr, "migrating", "1", f"{LOW}-{HIGH}", *m]
+    if not source_only:
+        with RawConnection(dst.port) as c:
+            assert c.call(*dst_args) == "OK"
+    with RawConnection(src.port) as c:
+        assert c.call(*src_args) == "OK"
+
+
+def push_committed(epoch, src, dst):
+    push_stable(epoch, src, dst, KEEP, f"{LOW}-{HIGH} {DST_OWN}")
+
+
+def migrations(node):
+    with RawConnection(node.port) as c:
+        reply = c.call("UMCTL", "MIGRATIONS")
+    out = []
+    for entry in reply:
+        it = iter(entry)
+        out.append({k.decode() if isinstance(k, bytes) else k: (v.decode() if isinstance(v, bytes) else v) for k, v in zip(it, it)})
+    return out
+
+
+def infomgr(node):
+    with RawConnection(node.port) as c:
+        return c.call("UMCTL", "INFOMGR")
+
+
+def task_done(node):
+    tasks = [t for t in migrations(node) if t["role"] == "migrating"]
+    return bool(tasks) and all(t["state"] == "done" for t in tasks)
+
+
+def keys_in(lo, hi, prefix, n):
+    out, i = [], 0
+    while len(out) < n:
+        k = f"{prefix}:{i}"
+        if lo <= key_slot(k) <= hi:
+            out.append(k)
+        i += 1
+    return out
+
+
+def fill_every_type(client, prefix, n):
+    """n keys of each type in the moving range, half with a TTL; returns their names."""
+    names = []
+    pipe = client.pipeline(transaction=False)
+    for i, k in enumerate(keys_in(LOW, HIGH, prefix, n * 6)):
+        kind = i % 6
+        if kind == 0:
+            pipe.set(k, f"v{i}")
+        elif kind == 1:
+            pipe.hset(k, mapping={"a": i, "b": "x"})
+        elif kind == 2:
+            pipe.rpush(k, i, i + 1, "z")
+        elif kind == 3:
+            pipe.sadd(k, i, "m")
+        elif kind == 4:
+            pipe.zadd(k, {"p": i, "q": 0.5})
+        else:
+            pipe.xadd(k, {"f": i})
+        if i % 2:
+            pipe.expire(k, 3600)
+        names.append(k)
+    pipe.execute()
+    return names
+
+
+def value(client, k):
+    kind = client.type(k)
+    if kind == "string":
+        return kind, client.get(k)
+    if kind == "hash":
+        return kind, client.hgetall(k)
+    if kind == "list":
+        return kind, client.lrange(k, 0, -1)
+    if kind == "set":
+        return kind, client.smembers(k)
+    if kind == "zset":
+        return kind, client.zrange(k, 0, -1, withscores=True)
+    if kind == "stream":
+        return kind, client.xrange(k)
+    return kind, None
+
+
+def snapshot(client, names):
+    """Type, value and TTL of each key."""
+    return {k: (value(client, k), client.pttl(k)) for k in names}
+
+
+def same_ttl(a, b):
+    return (a < 0 and a == b) or (a >= 0 and b >= 0 and abs(a - b) < 60_000)
+
+
+def test_moves_every_type_with_ttls_from_every_database(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    before = {}
+    for db in (0, 3):
+        c = src.client(db=db)
+        names = fill_every_type(c, f"db{db}", 30)
+        before[db] = snapshot(c, names)
+        # Keys of the range that stays.
+    total = sum(len(v) for v in before.values())
+
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+
+    (task,) = migrations(src)
+    assert task["state"] == "done" and int(task["keys_moved"]) == total, (task, src.log_tail(20), dst.log_tail(10))
+    assert task["keys_left"] == "0" and task["errors"] == "0"
+    assert infomgr(src) == [f"{CLUSTER} MIGRATING 1 {LOW}-{HIGH} 1 {src.addr} {src.addr} {dst.addr} {dst.addr}"]
+    (imp,) = migrations(dst)
+    assert imp["role"] == "importing"
+    info = src.client().info("umcluster")
+    assert info["umcluster_migration_keys_moved"] == total
+    assert info["umcluster_migration_bytes_moved"] > 0
+    assert info["umcluster_migrations_running"] == 0
+
+    # Read the destination once it owns the range (before, it serves only ASKING clients).
+    push_committed(3, src, dst)
+    assert migrations(src) == [] and infomgr(src) == []
+    for db, snap in before.items():
+        s, d = src.client(db=db), dst.client(db=db)
+        # (EXISTS on the source would be answered ASK: the keys are gone, so the slot asks.)
+        left = [k for k in s.scan_iter(count=1000) if key_slot(k) <= HIGH]
+        assert left == [], f"db {db}: keys left on the source"
+        after = snapshot(d, list(snap))
+        for k, (payload, ttl) in snap.items():
+            assert after[k][0] == payload, f"db {db} {k}: value differs"
+            assert same_ttl(ttl, after[k][1]), f"db {db} {k}: ttl {ttl} -> {after[k][1]}"
+    cc = src.cluster_client()
+    k = next(iter(before[0]))
+    assert value(cc, k) == before[0][k][0]
+
+
+def test_redirects_key_by_key_while_the_destination_is_down(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    present, absent = keys_in(LOW, HIGH, "p", 2), keys_in(LOW, HIGH, "a", 1)[0]
+    for k in present:
+        c.set(k, "v")
+    # Two keys of one slot, one present and one absent, for TRYAGAIN.
+    tag = present[0]
+    c.set(f"{{{tag}}}x", "1")
+    dst_port = dst.port
+    # The destination is down when the migration opens: nothing can move, the state is open.
+    dst.stop()
+    push_migrating(2, src, dst, source_only=True)
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="source tried the destination")
+    with RawConnection(src.port) as r:
+        assert r.call("GET", present[1]) == "v"
+        assert r.call("GET", absent) == Err(f"ASK {key_slot(absent)} 127.0.0.1:{dst_port}")
+        assert r.call("SET", absent, "new") == Err(f"ASK {key_slot(absent)} 127.0.0.1:{dst_port}")
+        split = r.call("MGET", f"{{{tag}}}x", f"{{{tag}}}missing")
+        assert split == Err("TRYAGAIN Multiple keys request during rehashing of slot"), split
+    (task,) = migrations(src)
+    assert task["state"] == "retrying" and int(task["errors"]) >= 1 and task["last_error"], task
+    assert src.client().info("umcluster")["umcluster_migration_errors"] >= 1
+    # Destination back: the move completes and nothing is lost.
+    dst.start(port=dst_port)
+    push_migrating(3, src, dst)  # the restarted destination has no topology: push it again
+    wait_until(lambda: task_done(src), timeout=60, what="migration done after the destination came back")
+    push_committed(4, src, dst)
+    d = dst.client()
+    assert [d.get(k) for k in present] == ["v"] * len(present), (migrations(src), src.log_tail(8))
+    assert d.get(f"{{{tag}}}x") == "1"
+    assert src.client().dbsize() == 0
+
+
+def test_no_acknowledged_write_is_lost_under_load(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    counters = keys_in(LOW, HIGH, "ctr", 50) + keys_in(HIGH + 1, 15999, "ctr", 10)
+    doomed = keys_in(LOW, HIGH, "del", 100)
+    bulk = keys_in(LOW, HIGH, "bulk", 3000)
+    pipe = c.pipeline(transaction=False)
+    for k in counters:
+        pipe.set(k, 0)
+    for k in doomed + bulk:
+        pipe.set(k, "x")
+    pipe.execute()
+
+    acked = {k: 0 for k in counters}
+    created, deleted, errors = [], [], []
+    stop = threading.Event()
+
+    def load():
+        cc = src.cluster_client()
+        i = 0
+        while not stop.is_set():
+            k = counters[i % len(counters)]
+            try:
+                cc.incr(k)
+                acked[k] += 1
+                if i % 7 == 0:
+                    n = f"new:{i}"
+                    cc.set(n, i, ex=3600)
+                    created.append((n, i))
+                if i % 11 == 0 and doomed:
+                    d = doomed.pop()
+                    cc.delete(d)
+                    deleted.append(d)
+            except Exception as e:  # anything redis-py could not retry (or a bug)
+                errors.append(repr(e))
+            i += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        wait_until(lambda: sum(acked.values()) > 200, timeout=20, what="load running")
+        push_migrating(2, src, dst)
+        wait_until(lambda: task_done(src), timeout=120, what="migration done under load")
+        push_committed(3, src, dst)
+        n = sum(acked.values())
+        wait_until(lambda: sum(acked.values()) > n + 200 or errors, timeout=20, what="load continues after commit")
+    finally:
+        stop.set()
+        t.join(30)
+    assert errors == [], errors[:5]
+    cc = src.cluster_client()
+    for k, v in acked.items():
+        assert int(cc.get(k)) == v, f"{k}: {cc.get(k)} != {v} acknowledged increments"
+    for n, i in created:
+        assert cc.get(n) == str(i), n
+        assert cc.ttl(n) > 0
+    for d in deleted:
+        assert cc.exists(d) == 0, f"{d} came back"
+    # Every key is on its owner.
+    for k in src.client().scan_iter(count=1000):
+        assert HIGH < key_slot(k) < 16000, f"{k} left on the source"
+    for k in dst.client().scan_iter(count=1000):
+        assert key_slot(k) <= HIGH or key_slot(k) >= 16000, f"{k} on the destination outside its slots"
+
+
+def test_replica_of_the_source_stays_identical(servers):
+    src, dst, rep = servers.start_many(3)
+    push_stable(1, src, dst)
+    rep.client().replicaof("127.0.0.1", src.port)
+    c = src.client()
+    for k in keys_in(0, 15999, "r", 2000):
+        c.set(k, k)
+    wait_until(lambda: rep.client().dbsize() == 2000, timeout=30, what="replica synced")
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    c.execute_command("WAIT", 1, 5000)
+    wait_until(lambda: rep.client().execute_command("DEBUG", "DIGEST") == c.execute_command("DEBUG", "DIGEST"),
+               timeout=30, what="replica digest equals the source's")
+    assert rep.client().dbsize() == c.dbsize() < 2000
+
+
+def test_a_transaction_queued_before_its_keys_moved_is_aborted(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    k = keys_in(LOW, HIGH, "tx", 1)[0]
+    c.set(k, 1)
+    with RawConnection(src.port) as r:
+        assert r.call("MULTI") == "OK"
+        assert r.call("INCR", k) == "QUEUED"
+        push_migrating(2, src, dst)
+        wait_until(lambda: task_done(src), timeout=30, what="migration done")
+        reply = r.call("EXEC")
+        assert isinstance(reply, Err) and reply.startswith("EXECABORT"), reply
+    push_committed(3, src, dst)
+    assert dst.client().get(k) == "1"
+    assert [x for x in c.scan_iter() if key_slot(x) <= HIGH] == []
+
+
+def test_a_re_push_keeps_the_task_and_a_replica_or_empty_range_finishes_at_once(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=20, what="empty range done")
+    push_migrating(3, src, dst)  # same migration, higher epoch
+    (task,) = migrations(src)
+    assert task["state"] == "done"
