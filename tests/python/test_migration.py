@@ -324,3 +324,75 @@ def test_a_re_push_keeps_the_task_and_a_replica_or_empty_range_finishes_at_once(
     push_migrating(3, src, dst)  # same migration, higher epoch
     (task,) = migrations(src)
     assert task["state"] == "done"
+
+
+def resp_call(sock, *args):
+    """One command over a plain socket; returns the first reply line."""
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += f"${len(a)}\r\n".encode() + a + b"\r\n"
+    sock.sendall(out)
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def test_the_destination_takes_restore_only_from_the_migration_source(servers):
+    import socket
+
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    k = keys_in(LOW, HIGH, "r", 1)[0]
+    c = src.client()
+    c.set(k, "v")
+    payload = redis.Redis(host="127.0.0.1", port=src.port).dump(k)
+    dst.stop()
+    port = dst.port
+    dst.start(port=port)
+    push_migrating(2, src, dst, source_only=True)
+    with RawConnection(dst.port) as r:
+        m = meta(src, dst)
+        assert r.call("UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", CLUSTER,
+                      dst.addr, "1", DST_OWN, dst.addr, "importing", "1", f"{LOW}-{HIGH}", *m,
+                      "PEER", src.addr, "1", KEEP, src.addr, "migrating", "1", f"{LOW}-{HIGH}", *m) == "OK"
+    dst.client().config_set("protected-mode", "no")  # lets 127.0.0.2 connect at all
+    # Another host (127.0.0.2 is loopback too, but not the source the topology names).
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=10) as s:
+        reply = resp_call(s, "RESTORE", k, 0, payload, "REPLACE")
+        assert reply.startswith(f"-MOVED {key_slot(k)} "), reply
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.1", 0), timeout=10) as s:
+        # The source's host: the same RESTORE is served (MIGRATE's path).
+        assert resp_call(s, "RESTORE", k, 0, payload, "REPLACE") == "+OK"
+
+
+def test_a_restarted_source_resumes_the_move_from_its_config_file(servers, tmp_path):
+    path = str(tmp_path / "src.json")
+    src = servers.start(extra_args=["config-file", path, "--appendonly", "yes"])
+    dst = servers.start()
+    push_stable(1, src, dst)
+    c = src.client()
+    names = keys_in(LOW, HIGH, "rs", 500)
+    pipe = c.pipeline(transaction=False)
+    for k in names:
+        pipe.set(k, k, ex=3600)
+    pipe.execute()
+    dst_port = dst.port
+    dst.stop()
+    push_migrating(2, src, dst, source_only=True)
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="move held open by the missing destination")
+    src.restart()
+    # Back with its table: the migration task is there again, still waiting for the destination.
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="task resumed after the restart")
+    dst.start(port=dst_port)
+    push_migrating(3, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="move finished after the restart")
+    push_committed(4, src, dst)
+    cc = src.cluster_client()
+    assert [cc.get(k) for k in names] == names
+    assert all(cc.ttl(k) > 0 for k in names[:20])
