@@ -60,8 +60,7 @@ pub fn add_node(new: &Addr, seed: &Addr) -> Result<(), String> {
         masters.push(new.clone());
     }
     let mut order = vec![new.clone()];
-    order.extend(p.nodes.iter().map(|n| n.addr.clone()));
-    order.dedup();
+    order.extend(p.nodes.iter().map(|n| n.addr.clone()).filter(|a| a != new));
     picture::push(&order, &p.name, epoch, &masters, &p.reference().owners, &[])?;
     // The replicas, as the others know them (a stale or missing SETREPL on the new node only
     // hides replicas from its CLUSTER NODES).
