@@ -686,4 +686,152 @@ mod tests {
             assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }
     }
+
+    mod planning {
+        use super::super::*;
+        use crate::picture::{Mark, NodeView, Owners};
+
+        fn a(p: u16) -> Addr {
+            Addr::parse(format!("127.0.0.1:{p}").as_bytes()).unwrap()
+        }
+
+        /// Node 1 owns 0-8191, node 2 the rest, node 3 nothing.
+        fn owners() -> Owners {
+            (0..SLOT_COUNT)
+                .map(|s| Some(if s < 8192 { a(1) } else { a(2) }))
+                .collect()
+        }
+
+        fn view(p: u16, epoch: u64, owners: Owners, marks: Vec<Mark>) -> NodeView {
+            NodeView {
+                addr: a(p),
+                epoch,
+                max_epoch: epoch,
+                owners,
+                marks,
+            }
+        }
+
+        fn picture(nodes: Vec<NodeView>) -> Picture {
+            Picture {
+                name: "c".into(),
+                masters: vec![a(1), a(2), a(3)],
+                nodes,
+            }
+        }
+
+        fn req(lo: u16, hi: u16, to: u16) -> Request {
+            Request {
+                seed: a(1),
+                to: a(to),
+                slots: vec![SlotRange { start: lo, end: hi }],
+                timeout: None,
+            }
+        }
+
+        fn mark(slot: u16, on_source: bool) -> Mark {
+            Mark {
+                src: a(1),
+                dst: a(3),
+                slot,
+                on_source,
+            }
+        }
+
+        #[test]
+        fn splits_by_owner_and_skips_the_targets_own_slots() {
+            let p = picture((1..=3).map(|i| view(i, 5, owners(), vec![])).collect());
+            assert_eq!(
+                next_step(&p, &req(8000, 8300, 3)).unwrap(),
+                Next::Move(vec![
+                    (
+                        a(1),
+                        vec![SlotRange {
+                            start: 8000,
+                            end: 8191
+                        }]
+                    ),
+                    (
+                        a(2),
+                        vec![SlotRange {
+                            start: 8192,
+                            end: 8300
+                        }]
+                    ),
+                ])
+            );
+            assert_eq!(
+                next_step(&p, &req(8000, 8300, 2)).unwrap(),
+                Next::Move(vec![(
+                    a(1),
+                    vec![SlotRange {
+                        start: 8000,
+                        end: 8191
+                    }]
+                )])
+            );
+            assert_eq!(next_step(&p, &req(9000, 9100, 2)).unwrap(), Next::Committed);
+            assert!(next_step(&p, &req(0, 10, 4))
+                .unwrap_err()
+                .contains("add-node"));
+        }
+
+        #[test]
+        fn marks_for_this_move_resume_and_others_refuse() {
+            let marks = vec![mark(0, true), mark(1, true)];
+            let p = picture(vec![
+                view(1, 6, owners(), marks),
+                view(2, 6, owners(), vec![]),
+                view(3, 6, owners(), vec![mark(0, false), mark(1, false)]),
+            ]);
+            assert_eq!(
+                next_step(&p, &req(0, 1, 3)).unwrap(),
+                Next::Move(vec![(a(1), vec![SlotRange { start: 0, end: 1 }])])
+            );
+            assert!(p.marks_complete(&a(1), &a(3), &[SlotRange { start: 0, end: 1 }]));
+            // Another destination, or slots outside the request: refused.
+            assert!(next_step(&p, &req(0, 1, 2))
+                .unwrap_err()
+                .contains("another migration is open"));
+            assert!(next_step(&p, &req(1, 5, 3))
+                .unwrap_err()
+                .contains("another migration is open"));
+            // A push that reached only the destination still counts as this move, incomplete.
+            let half = picture(vec![
+                view(1, 5, owners(), vec![]),
+                view(2, 5, owners(), vec![]),
+                view(3, 6, owners(), vec![mark(0, false), mark(1, false)]),
+            ]);
+            assert!(matches!(next_step(&half, &req(0, 1, 3)), Ok(Next::Move(_))));
+            assert!(!half.marks_complete(&a(1), &a(3), &[SlotRange { start: 0, end: 1 }]));
+        }
+
+        #[test]
+        fn an_interrupted_commit_is_finished_and_other_disagreements_refused() {
+            let mut committed = owners();
+            for o in &mut committed[0..=99] {
+                *o = Some(a(3));
+            }
+            let p = picture(vec![
+                view(1, 7, owners(), vec![mark(5, true)]),
+                view(2, 7, owners(), vec![]),
+                view(3, 8, committed.clone(), vec![]),
+            ]);
+            assert_eq!(next_step(&p, &req(0, 99, 3)).unwrap(), Next::FinishCommit);
+            // The same disagreement is not this move's when the request is for other slots.
+            assert!(next_step(&p, &req(200, 300, 3))
+                .unwrap_err()
+                .contains("disagree"));
+            let mut elsewhere = owners();
+            elsewhere[9000] = Some(a(1));
+            let p = picture(vec![
+                view(1, 7, owners(), vec![]),
+                view(2, 7, elsewhere, vec![]),
+                view(3, 7, owners(), vec![]),
+            ]);
+            assert!(next_step(&p, &req(0, 99, 3))
+                .unwrap_err()
+                .contains("disagree"));
+        }
+    }
 }
