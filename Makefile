@@ -5,6 +5,8 @@
 #   make test           every test: unit, Rust integration (redis-rs), Python (redis-py, redis-cli)
 #   make bench          benchmarks (callgrind instruction counts, throughput vs plain and haproxy);
 #                       not part of `make test`. BENCH_ARGS are passed to bench/bench.py.
+#   make bench-migration  slot migration benchmark (10 M keys x 100 B by default; not part of
+#                       `make test`). MIGRATION_ARGS are passed to bench/migration.py (--keys N).
 #   make fuzz           every cargo-fuzz target for FUZZ_SECONDS (default 60) each (needs cargo-fuzz)
 #   make valgrind       the hardening tests with redis-server under valgrind; reports module leaks
 #
@@ -22,7 +24,7 @@ SENTINELS ?= 0
 DOWN_AFTER ?= 5000
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench fuzz valgrind
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench bench-migration fuzz valgrind
 
 all: build
 
@@ -64,6 +66,9 @@ test-python: build-debug venv node-deps
 
 bench: build
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+bench-migration: build
+	$(PYTHON) bench/migration.py $(MIGRATION_ARGS)
 
 valgrind: build-debug venv
 	VENV=$(VENV) scripts/valgrind.sh

@@ -8,6 +8,9 @@
 //! umcluster add-replica NODE SEED         (re)attach NODE as a replica, push the topology
 //! umcluster sentinel-hook ARGS...           Sentinel's client-reconfig-script
 //! umcluster sentinel-config SEED            a Sentinel configuration monitoring every shard
+//! umcluster migrate --slots A-B --to ADDR SEED  move slots (and their keys) to another master
+//! umcluster add-node NEW SEED               an empty node joins as a master with no slots
+//! umcluster rebalance [--dry-run] SEED      even out the slot counts with the fewest moves
 //! ```
 //!
 //! Run under the name `umcluster-sentinel-hook` (a symlink), the binary is the hook itself:
@@ -15,10 +18,14 @@
 //!
 //! Set `UMCLUSTER_PASSWORD` (and `UMCLUSTER_USER`) when the nodes require AUTH.
 
+mod add_node;
 mod check;
 mod conn;
 mod create;
 mod failover;
+mod migrate;
+mod picture;
+mod rebalance;
 mod sentinel;
 mod shards;
 mod topology_push;
@@ -46,6 +53,16 @@ commands:
   sentinel-config [--port P] [--quorum Q] [--down-after MS] [--hook PATH] SEED
                                  print a Sentinel configuration (port P, default 26379),
                                  one master name per shard (<cluster>-<i>)
+  migrate --slots A-B[,C-D...] --to ADDR [--timeout SECONDS] SEED
+                                 move the slots, with their keys, to master ADDR while
+                                 clients keep working: marks them migrating on their
+                                 owners and importing on ADDR, waits for the modules to
+                                 move the keys (progress shown), then commits; re-run the
+                                 same command after an interruption to resume
+  add-node NEW_ADDR SEED         add an empty, unconfigured node as a master with no slots
+  rebalance [--dry-run] [--timeout SECONDS] SEED
+                                 give every master 16384/N slots (rounded) with the fewest
+                                 moves; prints the plan, then runs one migrate per receiver
   check ADDR                     check that every node agrees on the epoch and the slot table
                                  and that all slots are served
 
@@ -69,6 +86,9 @@ fn main() {
         Some("sentinel-hook") => sentinel::sentinel_hook(&args[1..]),
         Some("sentinel-config") => sentinel::sentinel_config(&args[1..]),
         Some("check") => check::run(&args[1..]),
+        Some("migrate") => migrate::run(&args[1..]),
+        Some("add-node") => add_node::run(&args[1..]),
+        Some("rebalance") => rebalance::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

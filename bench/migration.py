@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Slot migration benchmark (`make bench-migration`; not part of `make test`).
+
+Two module nodes on free loopback ports. The source owns every slot and holds `--keys` keys of
+`--size` bytes (`DEBUG POPULATE`, the fastest way to load); the destination joins with no slots
+(`umcluster add-node`). Then `umcluster migrate` moves every slot but one (16383, where the probe
+keys live, so the probes always hit an owned, stable slot) from the source to the destination,
+while two probes run against the source:
+
+- stall: a separate process sends PING every 1 ms on its own connection and records the longest
+  round trip (an event-loop stall shows up there; so, on a loaded 2-core machine, does plain CPU
+  contention);
+- throughput: `redis-benchmark` (SET on keys of the probe slot, 20 clients, -P 16) run back to
+  back before the move and during it; the table gives the median rate of each phase.
+
+Reports seconds, keys/s, MB/s (value bytes: keys x size), longest stall, and throughput during vs
+before. Usage: bench/migration.py [--keys N] [--size BYTES] [--runs-before N]
+Needs the release build (`cargo build --release`), redis-server and redis-benchmark. Stops only
+the processes it starts.
+"""
+
+import argparse
+import datetime
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.environ.get("UMCLUSTER_MODULE", os.path.join(ROOT, "target/release/libumcluster.so"))
+TOOL = os.environ.get("UMCLUSTER_BIN", os.path.join(ROOT, "target/release/umcluster"))
+PROBE_SLOT = 16383
+
+
+def crc16(data: bytes) -> int:
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def tag_for_slot(slot):
+    n = 0
+    while crc16(str(n).encode()) % 16384 != slot:
+        n += 1
+    return str(n)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(port, *args):
+    out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=600)
+    return out.stdout.strip()
+
+
+def wait_until(what, cond, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+class Server:
+    def __init__(self, workdir, name):
+        self.port = free_port()
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log",
+                "--enable-debug-command", "local", "--loadmodule", MODULE]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(f"redis-server on {self.port}", lambda: cli(self.port, "PING") == "PONG")
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def pinger(port, stop, result):
+    """Runs in its own process: PING every 1 ms, longest round trip in ms into `result`."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    worst, count = 0.0, 0
+    while not stop.is_set():
+        t = time.perf_counter()
+        s.sendall(b"PING\r\n")
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            buf += s.recv(64)
+        worst = max(worst, time.perf_counter() - t)
+        count += 1
+        time.sleep(0.001)
+    result.value = worst * 1000
+    s.close()
+
+
+def benchmark_rps(port, tag, requests=200_000):
+    """One redis-benchmark run: SET on 1000 keys of the probe slot; requests per second."""
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", "20", "-P", "16", "-n", str(requests), "-r", "1000",
+         "-q", "SET", f"{{{tag}}}:__rand_int__", "xxxxxxxxxx"],
+        capture_output=True, text=True, timeout=600,
+    )
+    rates = [float(m) for m in re.findall(r"([\d.]+) requests per second", out.stdout)]
+    return rates[-1] if rates else 0.0
+
+
+def used_memory(port):
+    for line in cli(port, "INFO", "memory").splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keys", type=int, default=10_000_000)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--runs-before", type=int, default=3)
+    args = ap.parse_args()
+    for path in (MODULE, TOOL):
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} missing: run `cargo build --release`")
+    # Both nodes hold the data at some point (~2x the raw size each with overhead): check memory.
+    need = args.keys * (args.size + 90) * 2.2
+    with open("/proc/meminfo") as f:
+        avail = int(re.search(r"MemAvailable:\s+(\d+)", f.read()).group(1)) * 1024
+    if need > avail:
+        raise SystemExit(f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available: use --keys")
+
+    workdir = tempfile.mkdtemp(prefix="umcluster-migbench-")
+    servers = []
+    try:
+        src, dst = Server(workdir, "src"), Server(workdir, "dst")
+        servers += [src, dst]
+        subprocess.run([TOOL, "create", src.addr], check=True, capture_output=True)
+        t = time.monotonic()
+        assert cli(src.port, "DEBUG", "POPULATE", str(args.keys), "key", str(args.size)) == "OK"
+        print(f"loaded {args.keys:,} keys x {args.size} B in {time.monotonic() - t:.1f}s, "
+              f"used_memory {used_memory(src.port) / 2**20:.0f} MiB", flush=True)
+        subprocess.run([TOOL, "add-node", dst.addr, src.addr], check=True, capture_output=True)
+        tag = tag_for_slot(PROBE_SLOT)
+        stay = int(cli(src.port, "CLUSTER", "COUNTKEYSINSLOT", str(PROBE_SLOT)) or 0)
+
+        before = [benchmark_rps(src.port, tag) for _ in range(args.runs_before)]
+
+        stop = multiprocessing.Event()
+        worst = multiprocessing.Value("d", 0.0)
+        ping = multiprocessing.Process(target=pinger, args=(src.port, stop, worst))
+        ping.start()
+        last_bytes = [0]
+
+        def watch():
+            while mig.poll() is None:
+                out = cli(src.port, "UMCTL", "MIGRATIONS")
+                m = re.search(r"bytes_moved\n(\d+)", out)
+                if m:
+                    last_bytes[0] = max(last_bytes[0], int(m.group(1)))
+                time.sleep(0.2)
+
+        t0 = time.monotonic()
+        mig = subprocess.Popen([TOOL, "migrate", "--slots", f"0-{PROBE_SLOT - 1}", "--to", dst.addr, src.addr],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        during = []
+        while mig.poll() is None:
+            during.append(benchmark_rps(src.port, tag, requests=50_000))
+        seconds = time.monotonic() - t0
+        out = mig.stdout.read()
+        stop.set()
+        ping.join(timeout=10)
+        if mig.returncode != 0:
+            raise SystemExit(f"umcluster migrate failed:\n{out}")
+        moved = args.keys - stay
+        left = int(cli(src.port, "DBSIZE"))
+        on_dst = int(cli(dst.port, "DBSIZE"))
+        mb = moved * args.size / 1e6
+        rb, rd = statistics.median(before), (statistics.median(during) if during else 0.0)
+        print()
+        print(f"Slot migration, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"{os.cpu_count()} cores, {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
+        print("| keys moved | value MB | seconds | keys/s | MB/s | longest PING (ms) | "
+              "throughput before (rps) | during (rps) | during/before | DUMP bytes sent |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {moved:,} | {mb:,.0f} | {seconds:.1f} | {moved / seconds:,.0f} | {mb / seconds:,.1f} | "
+              f"{worst.value:.1f} | {rb:,.0f} | {rd:,.0f} | {rd / rb if rb else 0:.2f} | {last_bytes[0]:,} |")
+        print(f"(source keeps {left:,} keys (slot {PROBE_SLOT} and probe keys), destination holds {on_dst:,}; "
+              f"{len(during)} throughput runs during the move)")
+        if on_dst != moved:
+            print(f"WARNING: destination holds {on_dst:,} keys, expected {moved:,}")
+            return 1
+        return 0
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
