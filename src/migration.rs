@@ -78,6 +78,8 @@ pub struct Task {
     pub moved_this_pass: u64,
     /// No batch before this time (ms), after a failure.
     pub retry_at_ms: u64,
+    /// Failed batches since the last one that went through (the backoff doubles with each).
+    pub consecutive_failures: u32,
     rate_window_start_ms: u64,
     rate_window_keys: u64,
     pub keys_per_sec: u64,
@@ -106,6 +108,7 @@ impl Task {
             found_this_pass: 0,
             moved_this_pass: 0,
             retry_at_ms: 0,
+            consecutive_failures: 0,
             rate_window_start_ms: 0,
             rate_window_keys: 0,
             keys_per_sec: 0,
@@ -133,6 +136,7 @@ impl Task {
         if self.state == TaskState::Retrying {
             self.state = TaskState::Running;
         }
+        self.consecutive_failures = 0;
         self.tick_rate(now_ms, keys);
     }
 
@@ -150,12 +154,16 @@ impl Task {
         }
     }
 
-    /// A batch failed: keys stay here, retry after `backoff_ms`.
+    /// A batch failed: keys stay here, retry after `backoff_ms`, doubled for every failure in a
+    /// row up to 16 times that (a destination that hangs costs the source one batch timeout
+    /// per attempt, so attempts must thin out).
     pub fn failed(&mut self, error: String, now_ms: u64, backoff_ms: u64) {
         self.errors += 1;
         self.last_error = error;
         self.state = TaskState::Retrying;
-        self.retry_at_ms = now_ms + backoff_ms;
+        let factor = 1u64 << self.consecutive_failures.min(4);
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.retry_at_ms = now_ms + backoff_ms * factor;
         // Keys that failed to move are still here: the pass cannot end the task.
         self.found_this_pass += 1;
     }
@@ -373,6 +381,8 @@ mod tests {
         tasks[0].failed("IOERR".into(), 1000, 200);
         assert_eq!(tasks[0].state, TaskState::Retrying);
         assert_eq!(tasks[0].retry_at_ms, 1200);
+        tasks[0].failed("IOERR".into(), 1200, 200);
+        assert_eq!(tasks[0].retry_at_ms, 1600, "backoff doubles");
         assert!(!tasks[0].end_pass());
         tasks[0].moved(1, 1, 1300);
         assert_eq!(tasks[0].state, TaskState::Running);
