@@ -180,13 +180,13 @@ fn migrating_pair() -> (Cluster, u16, String) {
         stable_a.push(format!("{}-8191", s + 1));
     }
     let a_cmd = format!(
-        "UMCTL SETCLUSTER v2 {} NOFLAG it {a} {} {} {a} migrating 1 {s}-{s} {meta} PEER {b} 1 8192-16383 {b} importing 1 {s}-{s} {meta}",
+        "UMCTL SETCLUSTER v2 {} NOFLAG it {a} {} {} {a} migrating 1 {s}-{s} {meta} PEER {b} 1 8192-16383 {b} importing 1 {s}-{s} {meta} {HOLD}",
         c.epoch,
         stable_a.len(),
         stable_a.join(" ")
     );
     let b_cmd = format!(
-        "UMCTL SETCLUSTER v2 {} NOFLAG it {b} 1 8192-16383 {b} importing 1 {s}-{s} {meta} PEER {a} {} {} {a} migrating 1 {s}-{s} {meta}",
+        "UMCTL SETCLUSTER v2 {} NOFLAG it {b} 1 8192-16383 {b} importing 1 {s}-{s} {meta} PEER {a} {} {} {a} migrating 1 {s}-{s} {meta} {HOLD}",
         c.epoch,
         stable_a.len(),
         stable_a.join(" ")
@@ -195,6 +195,10 @@ fn migrating_pair() -> (Cluster, u16, String) {
     ok(c.nodes[1].raw().line(&b_cmd));
     (c, s, k)
 }
+
+/// Holds a migration open: the source's mover waits this long (an hour, in µs) between scan
+/// steps, so the keys stay where the test put them.
+const HOLD: &str = "CONFIG migration_scan_interval 3600000000";
 
 /// Another key in the same slot as `k` (same hash tag).
 fn sibling(k: &str, n: u32) -> String {

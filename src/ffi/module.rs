@@ -111,6 +111,7 @@ required_api!(
     RedisModule_ScanCursorDestroy,
     RedisModule_Log,
     RedisModule_CreateTimer,
+    RedisModule_StopTimer,
     RedisModule_GetSelectedDb,
     RedisModule_DbSize,
     RedisModule_KeyType,

@@ -44,7 +44,8 @@ use crate::state::{self, State};
 pub const BATCH_KEYS: usize = 128;
 /// Work per timer tick before the event loop gets control back.
 pub const TICK_BUDGET: Duration = Duration::from_millis(2);
-/// Pause between ticks while a task is moving keys.
+/// Pause between ticks while a task is moving keys, unless the topology's
+/// `migration_scan_interval` (µs) asks for a longer one.
 pub const TICK_PERIOD_MS: i64 = 1;
 /// Pause between ticks when every task waits (retry backoff, done, replica).
 const IDLE_PERIOD_MS: i64 = 100;
@@ -55,8 +56,8 @@ const RETRY_BACKOFF_MS: u64 = 500;
 pub const MAX_TIMEOUT_MS: u64 = 1000;
 
 thread_local! {
-    /// Whether a tick is scheduled (main thread only).
-    static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// The scheduled tick, if any (main thread only).
+    static ARMED: Cell<Option<raw::RedisModuleTimerID>> = const { Cell::new(None) };
 }
 
 fn now_ms() -> u64 {
@@ -65,26 +66,42 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Schedules a tick if there is a task and none is scheduled. Called after every accepted
-/// `SETCLUSTER` and at load.
+/// Schedules the next tick by the topology in force (replacing a scheduled one, whose period
+/// may come from an older topology) when there is a task to work on. Called after every
+/// accepted `SETCLUSTER` and at load.
 ///
 /// # Safety
 /// `ctx` is a valid module context on the main thread.
 pub unsafe fn ensure_timer(ctx: *mut raw::RedisModuleCtx) {
     let has_work = state::try_with(|st| st.migrations.iter().any(|t| t.state != TaskState::Done))
         .unwrap_or(false);
-    if has_work && !ARMED.with(Cell::get) {
-        arm(ctx, TICK_PERIOD_MS);
+    if !has_work {
+        return;
     }
+    if let Some(id) = ARMED.with(Cell::take) {
+        rm!(RedisModule_StopTimer)(ctx, id, std::ptr::null_mut());
+    }
+    let period = state::try_with(busy_period).unwrap_or(TICK_PERIOD_MS);
+    arm(ctx, period);
+}
+
+/// The pause between busy ticks: [`TICK_PERIOD_MS`], or the topology's `migration_scan_interval`
+/// when that is longer (a control plane slows a migration down with it; tests hold one open).
+fn busy_period(st: &State) -> i64 {
+    let interval_ms = st
+        .topology
+        .as_ref()
+        .map_or(0, |t| t.config.migration_scan_interval / 1000);
+    (interval_ms.min(i64::MAX as u64) as i64).max(TICK_PERIOD_MS)
 }
 
 unsafe fn arm(ctx: *mut raw::RedisModuleCtx, period_ms: i64) {
-    rm!(RedisModule_CreateTimer)(ctx, period_ms, Some(tick), std::ptr::null_mut());
-    ARMED.with(|a| a.set(true));
+    let id = rm!(RedisModule_CreateTimer)(ctx, period_ms, Some(tick), std::ptr::null_mut());
+    ARMED.with(|a| a.set(Some(id)));
 }
 
 extern "C" fn tick(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
-    ARMED.with(|a| a.set(false));
+    ARMED.with(|a| a.set(None));
     // SAFETY: the server calls timers on the main thread with a valid context.
     let next = guard(
         "the migration timer",
@@ -121,7 +138,11 @@ unsafe fn run_tick(ctx: *mut raw::RedisModuleCtx) -> Option<i64> {
             }
             busy |= step_task(ctx, st, i, databases, started);
         }
-        Some(if busy { TICK_PERIOD_MS } else { IDLE_PERIOD_MS })
+        Some(if busy {
+            busy_period(st)
+        } else {
+            IDLE_PERIOD_MS
+        })
     })
     .flatten()
 }
