@@ -113,20 +113,73 @@ pub struct CommandEntry {
     pub keys: KeyPlan,
     /// For container commands (`XINFO`, `OBJECT` ...): the subcommands, by the name after `|`.
     pub subcommands: Option<Box<NameMap<CommandEntry>>>,
+    /// What the filter's fast path does with the command, decided once from the fields above.
+    pub fast: FastPlan,
+    /// The arity as a range: `argc_min..=argc_min + argc_extra` arguments.
+    argc_min: usize,
+    argc_extra: usize,
+}
+
+/// What the router's fast path does with a command, decided once when the table is built so that
+/// the hot path reads one field instead of four.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPlan {
+    /// The full rules decide: a command with a role, a container, a blocking command (the slow
+    /// path remembers the slot its client waits on), keys that only the server can find.
+    Slow,
+    /// No keys at all.
+    NoKeys,
+    /// Exactly one key, at this position, which every call of the right arity has (`GET`, `SET`,
+    /// `INCR` ...: legacy `first == last`, below the minimum argument count).
+    OneKey(u32),
+    /// Keys found by [`CommandEntry::keys`] (a legacy range, or key specs).
+    Keys,
+}
+
+impl FastPlan {
+    /// The plan for a command with these properties.
+    pub fn of(
+        role: Role,
+        flags: CmdFlags,
+        arity: i32,
+        keys: &KeyPlan,
+        container: bool,
+    ) -> FastPlan {
+        if role != Role::Plain || container || flags.contains(CmdFlags::BLOCKING) {
+            return FastPlan::Slow;
+        }
+        let min_argc = (arity as i64).abs();
+        match *keys {
+            KeyPlan::None => FastPlan::NoKeys,
+            KeyPlan::Server => FastPlan::Slow,
+            KeyPlan::Legacy { first, last, .. }
+                if first > 0 && first == last && (first as i64) < min_argc =>
+            {
+                FastPlan::OneKey(first as u32)
+            }
+            KeyPlan::Legacy { .. } | KeyPlan::Specs(_) => FastPlan::Keys,
+        }
+    }
 }
 
 impl CommandEntry {
     /// Whether `argc` arguments (command name included) satisfy the arity. A command with the wrong
     /// arity is left alone: the server rejects it before it can touch a key.
-    #[inline]
+    #[inline(always)]
     pub fn arity_ok(&self, argc: usize) -> bool {
-        let argc = argc as i64;
-        let arity = self.arity as i64;
-        if arity >= 0 {
-            argc == arity
-        } else {
-            argc >= -arity
-        }
+        // One comparison: `argc - min` (wrapping) within the span the arity allows.
+        argc.wrapping_sub(self.argc_min) <= self.argc_extra
+    }
+}
+
+/// `(argc_min, argc_extra)` of [`CommandEntry`] for an arity: exactly `arity` arguments, or at
+/// least `-arity`.
+fn argc_range(arity: i32) -> (usize, usize) {
+    let min = arity.unsigned_abs() as usize;
+    if arity >= 0 {
+        (min, 0)
+    } else {
+        (min, usize::MAX - min)
     }
 }
 
@@ -293,27 +346,60 @@ pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
 /// A small open-addressing hash map from case-insensitive ASCII names to values.
 ///
 /// Lookups never lower-case into a buffer: the first 16 bytes of a name are loaded as two
-/// 64-bit words and lower-cased eight bytes at a time, the hash is computed from those words,
-/// and a stored name is compared word by word. Command names are at most 16 bytes with few
-/// exceptions (those also compare the rest byte by byte), so finding `GET` costs a few dozen
-/// instructions and no allocation.
+/// 64-bit words, the hash is computed from those words, and a stored name is compared word by
+/// word. Command names are at most 16 bytes with few exceptions (those also compare the rest
+/// byte by byte).
+///
+/// Every name is stored under two keys, its lower-case and its upper-case form, both leading to
+/// the same value. A lookup first probes with the name exactly as it came, so the usual `GET` or
+/// `get` is found with no case folding at all; only a name in mixed case (or an unknown name with
+/// an upper-case letter) takes a second probe, lower-cased eight bytes at a time.
+///
+/// Names of up to 8 bytes (nearly every command) are also kept in a direct-mapped index of
+/// two-entry buckets, one word and the length per entry: a hit there costs a word load, a
+/// multiplication and two comparisons. A name whose bucket is full is found by the probe.
 #[derive(Clone, Debug)]
 pub struct NameMap<T> {
-    slots: Vec<Option<NameSlot<T>>>,
+    slots: Vec<Option<NameSlot>>,
     mask: usize,
+    /// Occupied slots (up to two per name).
+    used: usize,
+    values: Vec<T>,
+    /// `slots.len()` buckets of the short-name index.
+    short: Vec<[ShortEntry; 2]>,
+}
+
+/// One name of up to 8 bytes in the short-name index, exactly as stored (lower or upper case).
+#[derive(Clone, Copy, Debug)]
+struct ShortEntry {
+    word: u64,
+    /// `EMPTY_SHORT` for a free entry (never a name's length).
     len: usize,
+    value: usize,
+}
+
+const EMPTY_SHORT: ShortEntry = ShortEntry {
+    word: 0,
+    len: usize::MAX,
+    value: 0,
+};
+
+#[inline(always)]
+fn short_hash(word: u64, len: usize) -> usize {
+    ((word ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize
 }
 
 #[derive(Clone, Debug)]
-struct NameSlot<T> {
-    /// The first 16 bytes of `name`, lower-cased, zero-padded.
+struct NameSlot {
+    /// The first 16 bytes of the name, lower-cased or upper-cased, zero-padded.
     words: NameWords,
     /// The whole name, lower-cased.
     name: Box<[u8]>,
-    value: T,
+    /// Index of the value in `values`.
+    value: usize,
 }
 
-/// First 16 bytes of a name (lower-cased, zero-padded) and its length.
+/// First 16 bytes of a name (zero-padded) and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NameWords {
     lo: u64,
@@ -340,11 +426,16 @@ fn load_word(b: &[u8]) -> u64 {
         let z = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]) as u64;
         return a | (z << (8 * (n - 4)));
     }
+    if n >= 2 {
+        // Likewise with 2-byte reads (overlapping for 3 bytes).
+        let a = u16::from_le_bytes([b[0], b[1]]) as u64;
+        let z = u16::from_le_bytes([b[n - 2], b[n - 1]]) as u64;
+        return a | (z << (8 * (n - 2)));
+    }
     if n == 0 {
         return 0;
     }
-    // 1 to 3 bytes: first, middle, last (overlapping for 1 and 2).
-    (b[0] as u64) | ((b[n / 2] as u64) << (8 * (n / 2))) | ((b[n - 1] as u64) << (8 * (n - 1)))
+    b[0] as u64
 }
 
 /// ASCII lower-casing of eight bytes at once: `A`..=`Z` gain 0x20, every other byte is kept.
@@ -361,17 +452,33 @@ fn lower_word(x: u64) -> u64 {
     x | (upper >> 2)
 }
 
+/// The words of a name as they are, without case folding.
 #[inline(always)]
-fn name_words(name: &[u8]) -> NameWords {
+fn raw_words(name: &[u8]) -> NameWords {
     let hi = if name.len() > 8 {
-        lower_word(load_word(&name[8..name.len().min(16)]))
+        load_word(&name[8..name.len().min(16)])
     } else {
         0
     };
     NameWords {
-        lo: lower_word(load_word(name)),
+        lo: load_word(name),
         hi,
         len: name.len(),
+    }
+}
+
+/// The words of a name, lower-cased.
+#[inline(always)]
+fn name_words(name: &[u8]) -> NameWords {
+    lower_words(raw_words(name))
+}
+
+#[inline(always)]
+fn lower_words(w: NameWords) -> NameWords {
+    NameWords {
+        lo: lower_word(w.lo),
+        hi: lower_word(w.hi),
+        len: w.len,
     }
 }
 
@@ -383,73 +490,88 @@ fn words_hash(w: &NameWords) -> usize {
 
 impl<T> NameMap<T> {
     pub fn with_capacity(n: usize) -> NameMap<T> {
-        let size = (n * 2).next_power_of_two().max(8);
+        // Two keys per name, at most half the slots used.
+        let size = (n * 4).next_power_of_two().max(8);
         NameMap {
             slots: (0..size).map(|_| None).collect(),
             mask: size - 1,
-            len: 0,
+            used: 0,
+            values: Vec::with_capacity(n),
+            short: vec![[EMPTY_SHORT; 2]; size],
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.values.is_empty()
     }
 
     /// Inserts or replaces the value for `name` (stored lower-case).
     pub fn insert(&mut self, name: &[u8], value: T) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
         let lower: Box<[u8]> = name.to_ascii_lowercase().into_boxed_slice();
         let words = name_words(&lower);
+        if let Some(index) = self.probe(&words, &lower) {
+            self.values[index] = value;
+            return;
+        }
+        let index = self.values.len();
+        self.values.push(value);
+        let upper = raw_words(&lower.to_ascii_uppercase());
+        if upper != words {
+            self.place(upper, lower.clone(), index);
+        }
+        self.place(words, lower, index);
+    }
+
+    fn place(&mut self, words: NameWords, name: Box<[u8]>, value: usize) {
+        if (self.used + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
         let mut i = words_hash(&words) & self.mask;
-        loop {
-            match &mut self.slots[i] {
-                Some(slot) if *slot.name == *lower => {
-                    slot.value = value;
-                    return;
-                }
-                Some(_) => i = (i + 1) & self.mask,
-                empty @ None => {
-                    *empty = Some(NameSlot {
-                        words,
-                        name: lower,
-                        value,
-                    });
-                    self.len += 1;
-                    return;
-                }
+        while self.slots[i].is_some() {
+            i = (i + 1) & self.mask;
+        }
+        if words.len <= 8 {
+            let bucket = &mut self.short[short_hash(words.lo, words.len) & self.mask];
+            if let Some(free) = bucket.iter_mut().find(|e| e.len == EMPTY_SHORT.len) {
+                *free = ShortEntry {
+                    word: words.lo,
+                    len: words.len,
+                    value,
+                };
             }
         }
+        self.slots[i] = Some(NameSlot { words, name, value });
+        self.used += 1;
     }
 
     fn grow(&mut self) {
         let old = std::mem::take(&mut self.slots);
         let size = (old.len() * 2).max(8);
         self.slots = (0..size).map(|_| None).collect();
+        self.short = vec![[EMPTY_SHORT; 2]; size];
         self.mask = size - 1;
-        self.len = 0;
+        self.used = 0;
         for slot in old.into_iter().flatten() {
-            self.insert(&slot.name, slot.value);
+            self.place(slot.words, slot.name, slot.value);
         }
     }
 
-    /// Finds `name`, ignoring ASCII case.
+    /// The value index of the slot whose words are exactly `words` (and whose name is `name`
+    /// beyond 16 bytes, ignoring case).
     #[inline(always)]
-    pub fn get(&self, name: &[u8]) -> Option<&T> {
-        let words = name_words(name);
-        let mut i = words_hash(&words) & self.mask;
+    fn probe(&self, words: &NameWords, name: &[u8]) -> Option<usize> {
+        let mut i = words_hash(words) & self.mask;
         loop {
-            match &self.slots[i] {
+            match self.slots.get(i)? {
                 Some(slot) => {
-                    if slot.words == words
+                    if slot.words == *words
                         && (words.len <= 16 || slot.name[16..].eq_ignore_ascii_case(&name[16..]))
                     {
-                        return Some(&slot.value);
+                        return Some(slot.value);
                     }
                     i = (i + 1) & self.mask;
                 }
@@ -458,8 +580,38 @@ impl<T> NameMap<T> {
         }
     }
 
+    /// Finds `name`, ignoring ASCII case.
+    #[inline(always)]
+    pub fn get(&self, name: &[u8]) -> Option<&T> {
+        if name.len() <= 8 {
+            let word = load_word(name);
+            if let Some(bucket) = self.short.get(short_hash(word, name.len()) & self.mask) {
+                for e in bucket {
+                    if e.word == word && e.len == name.len() {
+                        return self.values.get(e.value);
+                    }
+                }
+            }
+        }
+        let words = raw_words(name);
+        match self.probe(&words, name) {
+            Some(index) => self.values.get(index),
+            None => self.get_folded(words, name),
+        }
+    }
+
+    /// The second probe of [`NameMap::get`]: the name lower-cased (mixed case, or unknown).
+    #[inline(never)]
+    fn get_folded(&self, words: NameWords, name: &[u8]) -> Option<&T> {
+        let lower = lower_words(words);
+        if lower == words {
+            return None;
+        }
+        self.values.get(self.probe(&lower, name)?)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten().map(|s| &s.value)
+        self.values.iter()
     }
 }
 
@@ -611,13 +763,18 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
         _ => None,
     };
 
+    let fast = FastPlan::of(role, flags, arity, &keys, subcommands.is_some());
+    let (argc_min, argc_extra) = argc_range(arity);
     Ok(CommandEntry {
+        argc_min,
+        argc_extra,
         name: short_name.into_boxed_slice(),
         arity,
         flags,
         role,
         keys,
         subcommands,
+        fast,
     })
 }
 
@@ -702,6 +859,61 @@ mod tests {
                 assert_eq!(w.len, len);
             }
         }
+    }
+
+    #[test]
+    fn arity_ranges_match_the_arity_rule() {
+        for arity in -5i32..=5 {
+            let (argc_min, argc_extra) = argc_range(arity);
+            for argc in 0usize..10 {
+                let expected = if arity >= 0 {
+                    argc as i32 == arity
+                } else {
+                    argc as i32 >= -arity
+                };
+                assert_eq!(
+                    argc.wrapping_sub(argc_min) <= argc_extra,
+                    expected,
+                    "arity {arity} argc {argc}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn name_map_finds_many_short_names_whether_their_bucket_is_full_or_not() {
+        // Enough names that some short-index buckets overflow to the probe.
+        let names: Vec<String> = (0..3000u32)
+            .map(|i| {
+                let len = 1 + (i % 8) as usize;
+                (0..len)
+                    .map(|j| (b'a' + ((i / 8 + j as u32 * 7919) % 26) as u8) as char)
+                    .collect::<String>()
+            })
+            .collect();
+        let mut map = NameMap::default();
+        for (i, n) in names.iter().enumerate() {
+            map.insert(n.as_bytes(), i);
+        }
+        for n in &names {
+            // Duplicate names keep the last value inserted.
+            let last = names.iter().rposition(|m| m == n).unwrap();
+            assert_eq!(map.get(n.as_bytes()), Some(&last), "{n}");
+            assert_eq!(map.get(n.to_uppercase().as_bytes()), Some(&last), "{n}");
+            let mixed: String = n
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            assert_eq!(map.get(mixed.as_bytes()), Some(&last), "{mixed}");
+        }
+        assert_eq!(map.get(b"zzzzzzzzz"), None);
     }
 
     #[test]
@@ -963,6 +1175,43 @@ mod tests {
             Role::Cluster
         );
         assert!(t.is_container(b"xinfo"));
+    }
+
+    #[test]
+    fn fast_plans_follow_role_container_and_keys() {
+        let t = table();
+        let plan = |name: &str| t.lookup(name.as_bytes(), None).unwrap().fast;
+        // One key below the minimum argument count: its position, no range arithmetic.
+        assert_eq!(plan("get"), FastPlan::OneKey(1));
+        assert_eq!(plan("GeT"), FastPlan::OneKey(1));
+        assert_eq!(plan("mset"), FastPlan::Keys);
+        assert_eq!(plan("evalsha"), FastPlan::Keys);
+        assert_eq!(plan("xinfo"), FastPlan::Slow);
+        assert_eq!(plan("cluster"), FastPlan::Slow);
+        assert_eq!(plan("xread"), FastPlan::Slow);
+        let keys = KeyPlan::Legacy {
+            first: 1,
+            last: 1,
+            step: 1,
+        };
+        let plain = CmdFlags::empty();
+        // The key position may be missing from a call of the right arity: the full range check.
+        assert_eq!(
+            FastPlan::of(Role::Plain, plain, -1, &keys, false),
+            FastPlan::Keys
+        );
+        assert_eq!(
+            FastPlan::of(Role::Plain, CmdFlags::BLOCKING, -2, &keys, false),
+            FastPlan::Slow
+        );
+        assert_eq!(
+            FastPlan::of(Role::Multi, plain, 1, &KeyPlan::None, false),
+            FastPlan::Slow
+        );
+        assert_eq!(
+            FastPlan::of(Role::Plain, plain, 1, &KeyPlan::None, false),
+            FastPlan::NoKeys
+        );
     }
 
     #[test]

@@ -111,6 +111,33 @@ impl fmt::Display for Value {
     }
 }
 
+/// `value` in decimal, in a stack buffer (text and length): integer arguments and replies are
+/// formatted on hot paths where an allocation per number would show.
+pub fn itoa(value: i64) -> ([u8; 24], usize) {
+    let mut out = [0u8; 24];
+    let mut digits = [0u8; 20];
+    let mut n = value.unsigned_abs();
+    let mut i = 0;
+    loop {
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        i += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    if value < 0 {
+        out[0] = b'-';
+        len = 1;
+    }
+    for d in digits[..i].iter().rev() {
+        out[len] = *d;
+        len += 1;
+    }
+    (out, len)
+}
+
 /// Appends a command (an array of bulk strings) to `out`.
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     out.push(b'*');
@@ -255,6 +282,14 @@ fn parse_int(bytes: &[u8]) -> Result<i64, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn itoa_writes_every_i64() {
+        for v in [0i64, 7, -7, 1_700_000_000_123, i64::MAX, i64::MIN] {
+            let (buf, len) = super::itoa(v);
+            assert_eq!(&buf[..len], v.to_string().as_bytes());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -19,8 +19,8 @@
 //! else gets `-MOVED` to the master. Who may bypass all of this (the master link, scripts' inner
 //! calls, the module's own calls) is decided by the caller, not here.
 
-use crate::command_table::{CmdFlags, CommandTable, KeyPlan, Keys, Role};
-use crate::slot::{key_slot, SLOT_COUNT};
+use crate::command_table::{CmdFlags, CommandTable, FastPlan, KeyPlan, Keys};
+use crate::slot::{key_slot, key_slot_inline, SLOT_COUNT};
 
 /// Outcome of [`fast_path`]: the cheap first look the command filter takes at every command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,66 +52,112 @@ pub fn fast_path<'a>(
     arg: impl Fn(usize) -> Option<&'a [u8]>,
     arg_int: impl Fn(usize) -> Option<i64>,
 ) -> Fast {
+    struct Closures<A, I>(A, I);
+    impl<'a, A: Fn(usize) -> Option<&'a [u8]>, I: Fn(usize) -> Option<i64>> Args<'a>
+        for Closures<A, I>
+    {
+        #[inline(always)]
+        fn bytes(&self, i: usize) -> Option<&'a [u8]> {
+            (self.0)(i)
+        }
+        #[inline(always)]
+        fn int(&self, i: usize) -> Option<i64> {
+            (self.1)(i)
+        }
+    }
+    fast_path_args(commands, table, argc, &Closures(arg, arg_int))
+}
+
+/// The arguments of the command [`fast_path_args`] looks at.
+pub trait Args<'a> {
+    /// Argument `i` (the name is 0), `None` when its bytes are not at hand (an integer-encoded
+    /// argument).
+    fn bytes(&self, i: usize) -> Option<&'a [u8]>;
+    /// Argument `i` parsed as the server parses integers.
+    fn int(&self, i: usize) -> Option<i64>;
+}
+
+/// [`fast_path`] with the arguments behind a trait, whose methods the caller can force inline
+/// (closures passed down several levels are not always inlined, and a call costs a frame).
+#[inline(always)]
+pub fn fast_path_args<'a>(
+    commands: &CommandTable,
+    table: &SlotTable,
+    argc: usize,
+    args: &impl Args<'a>,
+) -> Fast {
+    let arg = |i: usize| args.bytes(i);
+    let arg_int = |i: usize| args.int(i);
     let Some(name) = arg(0) else {
         return Fast::Slow;
     };
     let Some(entry) = commands.get(name) else {
         return Fast::NoKeys;
     };
-    // Blocking commands take the slow path, which remembers the slot the client waits on.
-    if entry.role != Role::Plain
-        || entry.subcommands.is_some()
-        || entry.flags.contains(CmdFlags::BLOCKING)
-    {
+    if entry.fast == FastPlan::Slow {
         return Fast::Slow;
     }
     if !entry.arity_ok(argc) {
         return Fast::NoKeys;
     }
-    let slot_at = |i: usize| arg(i).map(key_slot);
-    let slot = match &entry.keys {
-        KeyPlan::None => return Fast::NoKeys,
-        KeyPlan::Server => return Fast::Slow,
-        KeyPlan::Legacy { first, last, step } => {
-            // `legacy_keys` inline: positions first..=last by step, nothing stored.
-            let argc = argc as i64;
-            let first = *first as i64;
-            let last = if *last < 0 {
-                argc + *last as i64
-            } else {
-                *last as i64
-            };
-            if first <= 0 || last < first || last >= argc {
-                return Fast::NoKeys;
+    let slot_at = |i: usize| args.bytes(i).map(key_slot);
+    let slot = match entry.fast {
+        FastPlan::Slow => return Fast::Slow,
+        FastPlan::NoKeys => return Fast::NoKeys,
+        // The arity check above guarantees the argument is there.
+        FastPlan::OneKey(pos) => match args.bytes(pos as usize) {
+            Some(key) => key_slot_inline(key),
+            None => return Fast::Slow,
+        },
+        FastPlan::Keys => match &entry.keys {
+            KeyPlan::Legacy { first, last, step } => {
+                // `legacy_keys` inline: positions first..=last by step, nothing stored.
+                let argc = argc as i64;
+                let first = *first as i64;
+                let last = if *last < 0 {
+                    argc + *last as i64
+                } else {
+                    *last as i64
+                };
+                if first <= 0 || last < first || last >= argc {
+                    return Fast::NoKeys;
+                }
+                let step = (*step).max(1) as usize;
+                // One hashing site in the loop, so that it is inlined.
+                let mut slot = None;
+                let mut pos = first as usize;
+                while pos <= last as usize {
+                    let Some(key) = args.bytes(pos) else {
+                        return Fast::Slow;
+                    };
+                    let this = key_slot_inline(key);
+                    if slot.is_some_and(|s| s != this) {
+                        return Fast::Slow;
+                    }
+                    slot = Some(this);
+                    pos += step;
+                }
+                match slot {
+                    Some(slot) => slot,
+                    None => return Fast::Slow,
+                }
             }
-            let step = (*step).max(1) as usize;
-            let Some(slot) = slot_at(first as usize) else {
-                return Fast::Slow;
-            };
-            let mut pos = first as usize + step;
-            while pos <= last as usize {
-                if slot_at(pos) != Some(slot) {
+            keys => {
+                let ranges = match keys.keys(argc, arg_int) {
+                    Keys::At(ranges) => ranges,
+                    Keys::None => return Fast::NoKeys,
+                    Keys::AskServer => return Fast::Slow,
+                };
+                let mut positions = ranges.positions();
+                let Some(slot) = positions.next().and_then(slot_at) else {
+                    return Fast::Slow;
+                };
+                if !positions.all(|p| slot_at(p) == Some(slot)) {
                     return Fast::Slow;
                 }
-                pos += step;
+                slot
             }
-            slot
-        }
-        KeyPlan::Specs(_) => {
-            let ranges = match entry.keys.keys(argc, arg_int) {
-                Keys::At(ranges) => ranges,
-                Keys::None => return Fast::NoKeys,
-                Keys::AskServer => return Fast::Slow,
-            };
-            let mut positions = ranges.positions();
-            let Some(slot) = positions.next().and_then(slot_at) else {
-                return Fast::Slow;
-            };
-            if !positions.all(|p| slot_at(p) == Some(slot)) {
-                return Fast::Slow;
-            }
-            slot
-        }
+        },
     };
     if table.owned_stable(slot) {
         Fast::OwnedSlot(slot)
@@ -169,7 +215,8 @@ pub enum SlotRoute {
 /// The per-slot table the router reads, compiled from the accepted topology.
 #[derive(Clone, Debug)]
 pub struct SlotTable {
-    slots: Box<[SlotRoute]>,
+    /// Fixed size, so that a lookup masked to 14 bits needs no bounds check.
+    slots: Box<[SlotRoute; SLOT_COUNT]>,
     /// Index of this node's master when this node is a replica.
     pub my_master: Option<u16>,
     /// Whether a topology has been accepted at all.
@@ -186,7 +233,7 @@ impl SlotTable {
     /// The table of a node that has not received any topology.
     pub fn unconfigured() -> SlotTable {
         SlotTable {
-            slots: vec![SlotRoute::Unassigned; SLOT_COUNT].into_boxed_slice(),
+            slots: Box::new([SlotRoute::Unassigned; SLOT_COUNT]),
             my_master: None,
             configured: false,
         }

@@ -16,11 +16,11 @@ pub const SLOT_COUNT: usize = 16384;
 pub const MAX_SLOT: u16 = (SLOT_COUNT - 1) as u16;
 
 /// Returns the part of `key` that is hashed: the hash tag if there is a non-empty one, else the key.
-#[inline]
+#[inline(always)]
 pub fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = find_open_brace(key) {
         let rest = &key[open + 1..];
-        if let Some(close) = rest.iter().position(|&b| b == b'}') {
+        if let Some(close) = find_byte::<b'}'>(rest) {
             if close > 0 {
                 return &rest[..close];
             }
@@ -31,35 +31,71 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 
 /// Position of the first `{`, eight bytes at a time: this scan runs over every key of every
 /// command, and a byte-by-byte loop costs about as much as the CRC itself.
-#[inline]
+#[inline(always)]
 fn find_open_brace(key: &[u8]) -> Option<usize> {
+    find_byte::<b'{'>(key)
+}
+
+/// Position of the first byte `B` in `bytes`, eight bytes at a time. The tail is one more word
+/// read that overlaps the last full one (its bytes before the tail hold no `B`, so the first one
+/// found is still the first), and 4 to 7 bytes are two overlapping 4-byte reads.
+#[inline(always)]
+fn find_byte<const B: u8>(bytes: &[u8]) -> Option<usize> {
+    let n = bytes.len();
+    if n >= 8 {
+        let mut base = 0;
+        while base + 8 <= n {
+            if let Some(i) = first_in_word::<B>(word_at(bytes, base)) {
+                return Some(base + i);
+            }
+            base += 8;
+        }
+        if base < n {
+            return first_in_word::<B>(word_at(bytes, n - 8)).map(|i| n - 8 + i);
+        }
+        None
+    } else if n >= 4 {
+        let lo = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as u64;
+        let hi = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]);
+        // Bytes 0..4 then n-4..n: byte j >= 4 of the word is byte n - 4 + (j - 4).
+        first_in_word::<B>(lo | ((hi as u64) << 32))
+            .map(|j| if j < 4 { j } else { n - 4 + (j - 4) })
+    } else {
+        bytes.iter().position(|&b| b == B)
+    }
+}
+
+#[inline(always)]
+fn word_at(key: &[u8], at: usize) -> u64 {
+    let b = &key[at..at + 8];
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Index of the first byte `B` among the eight of `word` (little-endian).
+#[inline(always)]
+fn first_in_word<const B: u8>(word: u64) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const BRACES: u64 = ONES * b'{' as u64;
-    let mut chunks = key.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes([
-            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-        ]);
-        let v = word ^ BRACES;
-        // Exact "some byte is zero" test; the lowest flagged byte is the first zero byte.
-        let zero = v.wrapping_sub(ONES) & !v & HIGH;
-        if zero != 0 {
-            return Some(base + (zero.trailing_zeros() / 8) as usize);
-        }
-        base += 8;
+    let v = word ^ (ONES * B as u64);
+    // Exact "some byte is zero" test for the lowest such byte: a borrow only starts at a zero
+    // byte, so everything below the first flagged byte is exact.
+    let zero = v.wrapping_sub(ONES) & !v & HIGH;
+    if zero != 0 {
+        Some((zero.trailing_zeros() / 8) as usize)
+    } else {
+        None
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'{')
-        .map(|i| base + i)
 }
 
 /// Returns the slot of `key`.
 #[inline]
 pub fn key_slot(key: &[u8]) -> u16 {
+    key_slot_inline(key)
+}
+
+/// [`key_slot`], always inlined: for the one call on the hottest path (a one-key command).
+#[inline(always)]
+pub fn key_slot_inline(key: &[u8]) -> u16 {
     crc16_xmodem(hash_tag(key)) & MAX_SLOT
 }
 
@@ -70,13 +106,14 @@ pub fn key_slot(key: &[u8]) -> u16 {
 ///
 /// One byte: `crc' = (crc << 8) ^ T[(crc >> 8) ^ b]`. Two bytes, by linearity of `T`:
 /// `crc'' = T2[(crc >> 8) ^ b0] ^ T[(crc & 0xff) ^ b1]` with `T2[x] = (T[x] << 8) ^ T[T[x] >> 8]`.
-#[inline]
+#[inline(always)]
 fn crc16_xmodem(bytes: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     let mut pairs = bytes.chunks_exact(2);
     for pair in &mut pairs {
-        crc = CRC16_TABLE2[((crc >> 8) as u8 ^ pair[0]) as usize]
-            ^ CRC16_TABLE[((crc & 0xff) as u8 ^ pair[1]) as usize];
+        // Both bytes at once: `x >> 8` is `(crc >> 8) ^ b0`, `x & 0xff` is `(crc & 0xff) ^ b1`.
+        let x = crc ^ u16::from_be_bytes([pair[0], pair[1]]);
+        crc = CRC16_TABLE2[(x >> 8) as usize] ^ CRC16_TABLE[(x & 0xff) as usize];
     }
     for &b in pairs.remainder() {
         crc = (crc << 8) ^ CRC16_TABLE[((crc >> 8) as u8 ^ b) as usize];
@@ -155,6 +192,15 @@ mod tests {
     #[test]
     fn brace_search_finds_the_first_brace_at_every_position() {
         for len in 0..40 {
+            // Two braces anywhere: the first one is found.
+            for a in 0..len {
+                for b in a..len {
+                    let mut key = vec![b'x'; len];
+                    key[a] = b'{';
+                    key[b] = b'{';
+                    assert_eq!(find_open_brace(&key), Some(a), "len {len} at {a} and {b}");
+                }
+            }
             for at in 0..len {
                 let mut key = vec![b'z'; len];
                 key[at] = b'{';
@@ -165,6 +211,25 @@ mod tests {
                 // Bytes one off from '{' (0x7a 'z', 0x7c '|') and high bytes never match.
                 let other: Vec<u8> = (0..len).map(|i| [0x7a, 0x7c, 0xfb, 0x00][i % 4]).collect();
                 assert_eq!(find_open_brace(&other), None);
+            }
+        }
+    }
+
+    #[test]
+    fn hash_tags_are_found_at_every_position_and_length() {
+        for len in 0..40usize {
+            for open in 0..len {
+                for close in open + 1..len {
+                    let mut key = vec![b'x'; len];
+                    key[open] = b'{';
+                    key[close] = b'}';
+                    let expected: &[u8] = if close > open + 1 {
+                        &key[open + 1..close]
+                    } else {
+                        &key
+                    };
+                    assert_eq!(hash_tag(&key), expected, "len {len} {{ {open} }} {close}");
+                }
             }
         }
     }

@@ -180,6 +180,21 @@ pub fn try_with_mut<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
     guard.as_mut().map(f)
 }
 
+/// Runs `f` with shared access to the state without touching the borrow flag: the command
+/// filter's fast path, where a `RefCell` borrow and release are a measurable share of the cost.
+/// `None` while the state is borrowed mutably (a command holding it calls back into the server)
+/// or not initialised.
+///
+/// # Safety
+/// `f` must not borrow the state mutably, directly or by calling into the server in a way that
+/// re-enters the module (everything runs on the main thread, so nothing else can).
+#[inline(always)]
+pub unsafe fn peek<R>(f: impl FnOnce(&State) -> R) -> Option<R> {
+    // SAFETY: the caller guarantees no mutable borrow starts while `f` runs.
+    let state = unsafe { cell().try_borrow_unguarded() }.ok()?;
+    state.as_ref().map(f)
+}
+
 /// Runs `f` with exclusive access to the state.
 #[inline]
 pub fn with_mut<R>(f: impl FnOnce(&mut State) -> R) -> R {
