@@ -27,6 +27,7 @@ pub mod slot;
 pub mod state;
 pub mod stats;
 pub mod topology;
+pub mod transfer;
 
 use ffi::module::{on_load, on_unload};
 

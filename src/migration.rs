@@ -1,5 +1,5 @@
 //! Slot migration tasks of the source node: which ranges move where, how far the move is, and the
-//! replies of `UMCTL INFOMGR` / `UMCTL MIGRATIONS`. The moving itself (scan, `MIGRATE`, timer) is
+//! replies of `UMCTL INFOMGR` / `UMCTL MIGRATIONS`. The moving itself (scan, copy, delete, timer) is
 //! in [`crate::ffi::mover`]; this file is the bookkeeping it drives, kept free of server calls so
 //! it can be unit-tested.
 //!
@@ -9,8 +9,14 @@
 //! rollback) drops it. A task is `done` when a complete pass over every database found no key of
 //! its slots; `INFOMGR` lists it from then on so the control plane can commit.
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::reply::Reply;
 use crate::topology::{GroupKind, MigrationMeta, SlotRange, Topology};
+use crate::transfer::{Batch, Link};
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +68,7 @@ pub struct Task {
     pub slots: Vec<bool>,
     pub state: TaskState,
     pub keys_moved: u64,
-    /// Key names plus string values moved (other types count their name only).
+    /// Key names plus values moved (`DUMP` payloads for types other than strings).
     pub bytes_moved: u64,
     pub errors: u64,
     pub last_error: String,
@@ -83,6 +89,208 @@ pub struct Task {
     rate_window_start_ms: u64,
     rate_window_keys: u64,
     pub keys_per_sec: u64,
+    /// Keys on their way to the destination.
+    pub pipe: Pipeline,
+}
+
+/// Most of the event loop a migration tick takes while the clients leave it idle; also the
+/// longest a client waits behind a tick.
+pub const MAX_TICK_BUDGET: Duration = Duration::from_millis(4);
+/// Least a tick works, however busy the clients keep the loop.
+pub const MIN_TICK_BUDGET: Duration = Duration::from_micros(200);
+/// Share of a busy event loop the mover leaves to the clients (percent).
+pub const CLIENT_SHARE_PERCENT: u32 = 70;
+
+/// How long a migration tick may work, from the CPU time the main thread spent on everything
+/// else since the previous tick ended (`None`: unknown). Clients that kept the loop busy for
+/// `c` get it back in the proportion [`CLIENT_SHARE_PERCENT`] : the rest (the tick gets
+/// `c * 30 / 70`), so a saturated node keeps 70 % of its throughput; a loop that was idle (only
+/// the 1 ms wait for the timer) gives the mover [`MAX_TICK_BUDGET`].
+pub fn tick_budget(client_cpu: Option<Duration>) -> Duration {
+    let Some(c) = client_cpu else {
+        return MIN_TICK_BUDGET;
+    };
+    if c < MIN_TICK_BUDGET {
+        return MAX_TICK_BUDGET;
+    }
+    let share = c * (100 - CLIENT_SHARE_PERCENT) / CLIENT_SHARE_PERCENT;
+    share.clamp(MIN_TICK_BUDGET, MAX_TICK_BUDGET)
+}
+
+/// A 64-bit hash of a key name (FxHash-style, a word at a time): the fence keeps these instead
+/// of copies of the names, so fencing a key allocates nothing.
+pub fn fingerprint(key: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    // Mix the high bits down: the map's buckets use the low ones.
+    h ^ (h >> 29)
+}
+
+/// Hasher for keys that are hashes already.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A batch handed to a link and not yet acknowledged.
+#[derive(Debug)]
+pub struct Sent {
+    pub batch: Arc<Batch>,
+    /// It was handed to a link whose connection failed after it was made: some of its keys may
+    /// be on the destination, so they stay fenced until a later copy is acknowledged.
+    pub maybe_delivered: bool,
+}
+
+/// The keys of a task between "copied from the keyspace" and "deleted here after the
+/// destination acknowledged them".
+///
+/// The invariant that keeps every write: a key is **fenced** from the moment it is serialized
+/// until it is deleted here after an acknowledgement, or until it is known never to have left
+/// (its link never connected). The filter answers `TRYAGAIN` to writes of a fenced key, and to
+/// reads of a fenced key that no longer exists here (the destination may hold a stale copy), so
+/// no client can change a value whose copy is on its way or may be on the destination.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    pub link: Option<Link>,
+    /// Reported by `link` and not handled yet (a tick handles what its budget allows).
+    pub events: VecDeque<crate::transfer::Event>,
+    /// Handed to `link`, acknowledged in this order.
+    pub in_flight: VecDeque<Sent>,
+    /// Handed to a link that failed: sent again before anything new.
+    pub parked: Vec<Sent>,
+    /// Keys (database, name) to serialize again: they changed or vanished behind the fence
+    /// (expiry, eviction, `FLUSHALL`) while a copy was on its way.
+    pub resend: Vec<(i32, Vec<u8>)>,
+    /// Fenced keys by [`fingerprint`], with a count (a name can be fenced in several databases,
+    /// or share a fingerprint with another: that only fences the other needlessly for a moment).
+    fenced: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    next_id: u64,
+    /// Keys and bytes of `in_flight` and `parked`.
+    pub keys: usize,
+    pub bytes: u64,
+}
+
+impl Pipeline {
+    /// Whether a key of this name (in any database) is fenced.
+    #[inline]
+    pub fn is_fenced(&self, key: &[u8]) -> bool {
+        !self.fenced.is_empty() && self.fenced.contains_key(&fingerprint(key))
+    }
+
+    pub fn any_fenced(&self) -> bool {
+        !self.fenced.is_empty()
+    }
+
+    pub fn fence(&mut self, key: &[u8]) {
+        *self.fenced.entry(fingerprint(key)).or_insert(0) += 1;
+    }
+
+    pub fn unfence(&mut self, key: &[u8]) {
+        let fp = fingerprint(key);
+        if let Some(n) = self.fenced.get_mut(&fp) {
+            *n -= 1;
+            if *n == 0 {
+                self.fenced.remove(&fp);
+            }
+        }
+    }
+
+    /// A new batch id.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Nothing on its way and nothing waiting to be sent again.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.parked.is_empty() && self.resend.is_empty()
+    }
+
+    /// Records a batch handed to the link (its keys were fenced when they were serialized).
+    pub fn sent(&mut self, sent: Sent) {
+        self.keys += sent.batch.entries.len();
+        self.bytes += sent.batch.bytes;
+        self.in_flight.push_back(sent);
+    }
+
+    /// Takes the oldest batch in flight after its acknowledgement (or refusal) with id `id`;
+    /// `None` when the link answered out of order (then the link must be dropped).
+    pub fn take_acked(&mut self, id: u64) -> Option<Sent> {
+        if self.in_flight.front().map(|s| s.batch.id) != Some(id) {
+            return None;
+        }
+        let sent = self.in_flight.pop_front()?;
+        self.keys -= sent.batch.entries.len();
+        self.bytes -= sent.batch.bytes;
+        Some(sent)
+    }
+
+    /// Parks a batch taken with [`Pipeline::take_acked`] (refused: it is sent again later).
+    pub fn park(&mut self, mut sent: Sent) {
+        sent.maybe_delivered = true;
+        self.keys += sent.batch.entries.len();
+        self.bytes += sent.batch.bytes;
+        self.parked.push(sent);
+    }
+
+    /// The parked batches, to hand to a new link (through [`Pipeline::sent`]).
+    pub fn take_parked(&mut self) -> Vec<Sent> {
+        let parked = std::mem::take(&mut self.parked);
+        for sent in &parked {
+            self.keys -= sent.batch.entries.len();
+            self.bytes -= sent.batch.bytes;
+        }
+        parked
+    }
+
+    /// Drops the link. `connected`: it had connected, so what it was given may have arrived —
+    /// those batches are parked (still fenced); otherwise nothing left this node, and batches
+    /// never delivered anywhere before are released (their keys unfenced, found again by the scan).
+    pub fn link_failed(&mut self, connected: bool) {
+        self.link = None;
+        self.events.clear();
+        while let Some(mut sent) = self.in_flight.pop_front() {
+            sent.maybe_delivered |= connected;
+            if sent.maybe_delivered {
+                self.parked.push(sent);
+            } else {
+                self.keys -= sent.batch.entries.len();
+                self.bytes -= sent.batch.bytes;
+                for e in &sent.batch.entries {
+                    self.unfence(&e.key);
+                }
+            }
+        }
+    }
+
+    /// Forgets everything (the node became a replica: its master's deletes will follow).
+    pub fn reset(&mut self) {
+        *self = Pipeline {
+            next_id: self.next_id,
+            ..Pipeline::default()
+        };
+    }
 }
 
 impl Task {
@@ -112,6 +320,7 @@ impl Task {
             rate_window_start_ms: 0,
             rate_window_keys: 0,
             keys_per_sec: 0,
+            pipe: Pipeline::default(),
         }
     }
 
@@ -394,6 +603,92 @@ mod tests {
             panic!("array")
         };
         assert!(fields.contains(&Reply::bulk("IOERR")));
+    }
+
+    fn batch(p: &mut Pipeline, keys: &[&str]) -> Sent {
+        let entries = keys
+            .iter()
+            .map(|k| {
+                p.fence(k.as_bytes());
+                crate::transfer::Entry {
+                    key: k.as_bytes().to_vec(),
+                    payload: crate::transfer::Payload::Str(b"v".to_vec()),
+                    expire_at_ms: 0,
+                }
+            })
+            .collect();
+        let id = p.next_id();
+        Sent {
+            batch: Arc::new(Batch {
+                id,
+                db: 0,
+                entries,
+                bytes: 2 * keys.len() as u64,
+            }),
+            maybe_delivered: false,
+        }
+    }
+
+    #[test]
+    fn ticks_take_an_idle_loop_and_leave_a_busy_one_to_the_clients() {
+        let ms = Duration::from_millis;
+        assert_eq!(tick_budget(Some(Duration::ZERO)), MAX_TICK_BUDGET);
+        assert_eq!(tick_budget(Some(ms(7))), ms(3));
+        assert_eq!(tick_budget(Some(ms(100))), MAX_TICK_BUDGET);
+        assert_eq!(
+            tick_budget(Some(Duration::from_micros(300))),
+            MIN_TICK_BUDGET
+        );
+        assert_eq!(tick_budget(None), MIN_TICK_BUDGET);
+    }
+
+    #[test]
+    fn fingerprints_tell_names_apart() {
+        let names: Vec<Vec<u8>> = (0..10_000)
+            .map(|i| format!("key:{i:012}").into_bytes())
+            .chain([b"".to_vec(), b"a".to_vec(), b"a\0".to_vec()])
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            assert!(seen.insert(fingerprint(n)), "{n:?}");
+        }
+    }
+
+    #[test]
+    fn keys_stay_fenced_until_known_not_to_have_left() {
+        let mut p = Pipeline::default();
+        let first = batch(&mut p, &["a", "b"]);
+        p.sent(first);
+        let second = batch(&mut p, &["b", "c"]);
+        p.sent(second);
+        assert!(p.is_fenced(b"a") && p.is_fenced(b"b") && p.is_fenced(b"c"));
+        assert_eq!((p.keys, p.bytes), (4, 8));
+        // Out of order: refused.
+        assert!(p.take_acked(2).is_none());
+        let acked = p.take_acked(1).unwrap();
+        for e in &acked.batch.entries {
+            p.unfence(&e.key);
+        }
+        assert!(
+            !p.is_fenced(b"a") && p.is_fenced(b"b"),
+            "b is in the second batch too"
+        );
+        // A connection that had been made fails: the batch may have arrived, it stays fenced.
+        p.link_failed(true);
+        assert_eq!(p.parked.len(), 1);
+        assert!(p.is_fenced(b"c") && !p.idle());
+        // Re-sent on a link that never connects: still possibly delivered by the first one.
+        for again in p.take_parked() {
+            p.sent(again);
+        }
+        p.link_failed(false);
+        assert_eq!(p.parked.len(), 1, "delivered once maybe, so still parked");
+        // A batch only ever given to a link that never connected is released.
+        let fresh = batch(&mut p, &["d"]);
+        p.sent(fresh);
+        p.link_failed(false);
+        assert!(!p.is_fenced(b"d"));
+        assert_eq!(p.keys, 2);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::Addr;
 use crate::resp::encode_command;
+use crate::transfer::Credentials;
 
 /// The command peers run for a forwarded message.
 pub const PUBLISHED_COMMAND: &str = "umcluster.published";
@@ -44,6 +45,8 @@ pub struct ForwardStats {
 pub struct Forwarder {
     peers: Vec<Addr>,
     workers: HashMap<Addr, SyncSender<Vec<u8>>>,
+    /// Sent as `AUTH` first on every connection to a peer.
+    credentials: Option<Credentials>,
     pub stats: Arc<ForwardStats>,
 }
 
@@ -53,6 +56,14 @@ impl Forwarder {
     pub fn set_peers(&mut self, peers: Vec<Addr>) {
         self.workers.retain(|addr, _| peers.contains(addr));
         self.peers = peers;
+    }
+
+    /// Sets the credentials for peers; workers connected with other ones are replaced.
+    pub fn set_credentials(&mut self, credentials: Option<Credentials>) {
+        if credentials != self.credentials {
+            self.workers.clear();
+            self.credentials = credentials;
+        }
     }
 
     pub fn peers(&self) -> &[Addr] {
@@ -70,10 +81,9 @@ impl Forwarder {
             &[PUBLISHED_COMMAND.as_bytes(), channel, message],
         );
         for peer in &self.peers {
-            let sender = self
-                .workers
-                .entry(peer.clone())
-                .or_insert_with(|| spawn_worker(peer.clone(), self.stats.clone()));
+            let sender = self.workers.entry(peer.clone()).or_insert_with(|| {
+                spawn_worker(peer.clone(), self.credentials.clone(), self.stats.clone())
+            });
             match sender.try_send(frame.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -84,18 +94,27 @@ impl Forwarder {
     }
 }
 
-fn spawn_worker(peer: Addr, stats: Arc<ForwardStats>) -> SyncSender<Vec<u8>> {
+fn spawn_worker(
+    peer: Addr,
+    credentials: Option<Credentials>,
+    stats: Arc<ForwardStats>,
+) -> SyncSender<Vec<u8>> {
     let (tx, rx) = sync_channel(QUEUE_DEPTH);
     let spawned = std::thread::Builder::new()
         .name("umcluster-pub".into())
-        .spawn(move || worker(peer, rx, stats));
+        .spawn(move || worker(peer, credentials, rx, stats));
     // Without a thread the receiver is gone: every send reports Disconnected and is counted.
     drop(spawned);
     tx
 }
 
 /// Writes every queued frame to `peer`, reconnecting as needed. Ends when the sender is dropped.
-fn worker(peer: Addr, rx: Receiver<Vec<u8>>, stats: Arc<ForwardStats>) {
+fn worker(
+    peer: Addr,
+    credentials: Option<Credentials>,
+    rx: Receiver<Vec<u8>>,
+    stats: Arc<ForwardStats>,
+) {
     let mut conn: Option<TcpStream> = None;
     let mut down_until: Option<Instant> = None;
     while let Ok(frame) = rx.recv() {
@@ -104,7 +123,7 @@ fn worker(peer: Addr, rx: Receiver<Vec<u8>>, stats: Arc<ForwardStats>) {
             continue;
         }
         if conn.is_none() {
-            conn = connect(&peer);
+            conn = connect(&peer, credentials.as_ref());
             if conn.is_none() {
                 down_until = Some(Instant::now() + RETRY_AFTER);
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -125,15 +144,21 @@ fn worker(peer: Addr, rx: Receiver<Vec<u8>>, stats: Arc<ForwardStats>) {
     }
 }
 
-fn connect(peer: &Addr) -> Option<TcpStream> {
+/// Connects to `peer`; with credentials, `AUTH` goes first (its reply is drained with the
+/// others: a refused `AUTH` makes the peer refuse the messages, which pub/sub may drop anyway).
+fn connect(peer: &Addr, credentials: Option<&Credentials>) -> Option<TcpStream> {
     let target = (peer.host.as_str(), peer.port)
         .to_socket_addrs()
         .ok()?
         .next()?;
-    let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT).ok()?;
+    let mut stream = TcpStream::connect_timeout(&target, IO_TIMEOUT).ok()?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
     stream.set_nodelay(true).ok()?;
     stream.set_nonblocking(false).ok()?;
+    if let Some(c) = credentials {
+        let auth = c.auth_command();
+        stream.write_all(&auth).ok()?;
+    }
     Some(stream)
 }
 

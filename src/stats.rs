@@ -28,4 +28,8 @@ pub struct Stats {
     pub migration_keys_moved: u64,
     pub migration_bytes_moved: u64,
     pub migration_errors: u64,
+    /// Commands answered `TRYAGAIN` because a key was on its way to the destination.
+    pub migration_fenced: u64,
+    /// Main-thread CPU time spent in migration ticks (µs).
+    pub migration_cpu_us: u64,
 }

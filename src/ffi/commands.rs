@@ -409,6 +409,12 @@ unsafe fn run_umctl(ctx: *mut raw::RedisModuleCtx, sub: &[u8], args: &[&[u8]]) -
     let reply = state::with_mut(|st| umctl::run(&server, st, sub, args));
     release_blocked_elsewhere(ctx);
     super::mover::ensure_timer(ctx);
+    // Credentials are read when a topology is pushed (a `CONFIG SET masterauth` takes effect
+    // with the next push), not on every UMCTL (the admin tool polls progress many times).
+    if sub.eq_ignore_ascii_case(b"setcluster") {
+        let credentials = super::peer_credentials(ctx);
+        let _ = state::try_with_mut(|st| st.publish.set_credentials(credentials));
+    }
     reply
 }
 
@@ -543,8 +549,14 @@ extern "C" fn redirect_command(
                 // Usual redirects fit on the stack: no allocation per MOVED.
                 let mut stack = [0u8; 256];
                 if text.len() < stack.len() {
-                    for (out, b) in stack.iter_mut().zip(text) {
-                        *out = clean(b);
+                    // No byte below 0x20 (the usual case, found with a vectorised minimum):
+                    // nothing to clean, one copy.
+                    if text.iter().fold(u8::MAX, |m, &b| m.min(b)) >= 0x20 {
+                        stack[..text.len()].copy_from_slice(text);
+                    } else {
+                        for (out, b) in stack.iter_mut().zip(text) {
+                            *out = clean(b);
+                        }
                     }
                     rm!(RedisModule_ReplyWithError)(ctx, stack.as_ptr().cast());
                 } else {

@@ -21,12 +21,15 @@
 //! calls (registered with `NOSELF`), and calls with no client at all.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use redis_module::raw;
 
 use super::client::{self, Caller};
-use super::{guard, int_encoded_value, new_string, plain_string_bytes, rm, string_bytes};
+use super::{
+    guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
+    rm, string_bytes,
+};
 use crate::command_table::{parse_strict_i64, CmdFlags, Keys, Role};
 use crate::router::{self, ClientView, Decision, Fast, SlotRoute};
 use crate::slot::key_slot;
@@ -166,12 +169,21 @@ impl KeyArgs {
 struct Filter {
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     argc: usize,
+    /// The context's own argument array, read directly on the fast path (see [`direct_argv`]);
+    /// null to go through the API (always on the slow path, which may rewrite the arguments).
+    argv: *const *mut raw::RedisModuleString,
 }
 
 impl Filter {
-    #[inline]
+    #[inline(always)]
     unsafe fn arg_ptr(&self, i: usize) -> *mut raw::RedisModuleString {
-        rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int)
+        if self.argv.is_null() {
+            rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int)
+        } else if i < self.argc {
+            *self.argv.add(i)
+        } else {
+            std::ptr::null_mut()
+        }
     }
 
     /// Argument `i` parsed as the server parses an integer (a `numkeys` argument).
@@ -185,7 +197,7 @@ impl Filter {
     }
 
     unsafe fn arg(&self, i: usize) -> Arg {
-        Arg::new(rm!(RedisModule_CommandFilterArgGet)(self.fctx, i as c_int))
+        Arg::new(self.arg_ptr(i))
     }
 
     unsafe fn replace(&self, i: usize, text: &[u8]) {
@@ -197,33 +209,78 @@ impl Filter {
     }
 
     /// Turns the command into `umcluster.redirect <error>`; the remaining arguments are ignored.
-    unsafe fn reply_error(&self, error: &str) {
+    unsafe fn reply_error(&self, error: &[u8]) {
         self.replace(0, REDIRECT_COMMAND.as_bytes());
         if self.argc >= 2 {
-            self.replace(1, error.as_bytes());
+            self.replace(1, error);
         } else {
-            self.insert(1, error.as_bytes());
+            self.insert(1, error);
         }
     }
 
     /// Turns a command queued in MULTI into an unknown command named after the error, so the
     /// server rejects it and flags the transaction.
-    unsafe fn reject_in_transaction(&self, error: &str) {
-        self.replace(0, error.as_bytes());
+    unsafe fn reject_in_transaction(&self, error: &[u8]) {
+        self.replace(0, error);
     }
 }
 
+impl<'a> router::Args<'a> for Filter {
+    #[inline(always)]
+    fn bytes(&self, i: usize) -> Option<&'a [u8]> {
+        // SAFETY: arguments of the command being filtered live for the whole filter call, and
+        // the fast path, the only user, rewrites none. `argv` is only set when the sds layout
+        // check passed too (see `verify_direct_argv`).
+        unsafe {
+            if self.argv.is_null() {
+                plain_string_bytes(self.arg_ptr(i))
+            } else {
+                inline_string_bytes(self.arg_ptr(i))
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn int(&self, i: usize) -> Option<i64> {
+        // SAFETY: as above.
+        unsafe { self.arg_int(i) }
+    }
+}
+
+#[inline(always)]
 unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let argc = rm!(RedisModule_CommandFilterArgsCount)(fctx);
     if argc < 1 {
         return;
     }
+    let argc = argc as usize;
     let f = Filter {
         fctx,
-        argc: argc as usize,
+        argc,
+        argv: direct_argv(fctx, argc),
+    };
+    // Before the fast path, which lets unknown commands through untouched.
+    #[cfg(debug_assertions)]
+    let injected = f.arg(0).bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC);
+    #[cfg(not(debug_assertions))]
+    let injected = false;
+    // SAFETY: the fast path only reads the state and the arguments; nothing it calls re-enters
+    // the module.
+    if !injected && unsafe { state::peek(|st| fast_path(st, &f)) } == Some(true) {
+        return;
+    }
+    slow_filter(fctx, argc);
+}
+
+/// Everything the fast path does not settle, with the state held exclusively.
+#[inline(never)]
+unsafe fn slow_filter(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
+    let f = Filter {
+        fctx,
+        argc,
+        argv: std::ptr::null(),
     };
     state::with_mut(|st| {
-        // Before the fast path, which lets unknown commands through untouched.
         #[cfg(debug_assertions)]
         if f.arg(0).bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC) {
             panic!(
@@ -231,10 +288,48 @@ unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                 String::from_utf8_lossy(DEBUG_FILTER_PANIC)
             );
         }
-        if !fast_path(st, &f) {
-            route_command(st, &f);
-        }
+        route_command(st, &f);
     });
+}
+
+/// Whether the filter may read the arguments from the context's `argv` array instead of calling
+/// `RedisModule_CommandFilterArgGet` for each (two calls per GET), and their lengths from the sds
+/// headers: 0 not checked yet, 1 yes, 2 no.
+static ARGV_DIRECT: AtomicU8 = AtomicU8::new(0);
+
+/// The context's argument array, or null to use the API. Every server from 6.0 to 8.x starts
+/// `RedisModuleCommandFilterCtx` with `RedisModuleString **argv` (the fields after it changed);
+/// the first command with arguments checks that against the API before it is trusted.
+#[inline(always)]
+unsafe fn direct_argv(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    argc: usize,
+) -> *const *mut raw::RedisModuleString {
+    match ARGV_DIRECT.load(Ordering::Relaxed) {
+        1 => std::ptr::read(fctx as *const *const *mut raw::RedisModuleString),
+        2 => std::ptr::null(),
+        _ => verify_direct_argv(fctx, argc),
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn verify_direct_argv(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    argc: usize,
+) -> *const *mut raw::RedisModuleString {
+    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
+    // Direct reads go with inline string lengths: both or neither.
+    let ok = inline_strings()
+        && !argv.is_null()
+        && (0..argc)
+            .all(|i| *argv.add(i) == rm!(RedisModule_CommandFilterArgGet)(fctx, i as c_int));
+    ARGV_DIRECT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+    if ok {
+        argv
+    } else {
+        std::ptr::null()
+    }
 }
 
 /// The common case, decided with no side effect and no allocation ([`router::fast_path`]): true
@@ -242,22 +337,15 @@ unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
 /// command either has no keys or only keys in one owned, stable slot, sent by a client that is
 /// not in `MULTI`. Anything else returns false and takes [`route_command`], which decides from
 /// scratch, so this function only has to be right when it says true.
-#[inline]
+#[inline(always)]
 unsafe fn fast_path(st: &State, f: &Filter) -> bool {
     if st.connections.asking_pending() {
         return false;
     }
-    let fast = router::fast_path(
-        &st.commands,
-        &st.table,
-        f.argc,
-        // SAFETY: arguments of the command being filtered live for the whole filter call.
-        |i| unsafe { plain_string_bytes(f.arg_ptr(i)) },
-        |i| unsafe { f.arg_int(i) },
-    );
+    let fast = router::fast_path_args(&st.commands, &st.table, f.argc, f);
     match fast {
         Fast::NoKeys => true,
-        Fast::OwnedSlot(_) => !client::current().in_multi(),
+        Fast::OwnedSlot(_) => !client::current_in_multi(),
         Fast::Slow => false,
     }
 }
@@ -430,7 +518,18 @@ unsafe fn slow_path(
     });
     let readonly = id.is_some_and(|id| st.connections.readonly(id));
 
-    let mut decision = if caller.must_obey() {
+    // The source's mover delivers keys with plain RESTORE (its connection sends no ASKING):
+    // accept it in an importing slot from the host the topology names as that slot's source.
+    // Decided before routing, which would look the key and the client's database up for
+    // nothing on every one of the mover's RESTOREs.
+    let from_source = flags.contains(CmdFlags::RESTORE)
+        && !caller.must_obey()
+        && slot.is_some_and(|s| {
+            matches!(st.table.get(s), SlotRoute::Importing { .. })
+                && from_migration_source(st, caller, s)
+        });
+
+    let mut decision = if caller.must_obey() || from_source {
         Decision::Execute
     } else {
         // The database is looked up only if a key's existence matters (a migrating or
@@ -446,13 +545,23 @@ unsafe fn slow_path(
         )
     };
 
-    // The source's MIGRATE delivers keys with plain RESTORE (no ASKING on a standalone server):
-    // accept it in an importing slot from the host the topology names as that slot's source.
-    if let (Decision::Moved { slot, .. }, true) = (decision, flags.contains(CmdFlags::RESTORE)) {
-        if matches!(st.table.get(slot), SlotRoute::Importing { .. })
-            && from_migration_source(st, caller, slot)
-        {
-            decision = Decision::Execute;
+    // Keys on their way to a migration's destination (see `migration::Pipeline`): a write
+    // must wait until the copy is settled, and so must a read of a key that is gone here while
+    // the destination may still hold an older copy of it.
+    if !caller.must_obey()
+        && matches!(decision, Decision::Execute | Decision::Ask { .. })
+        && st.migrations.iter().any(|t| t.pipe.any_fenced())
+        && slot.is_some_and(|s| matches!(st.table.get(s), SlotRoute::Migrating { .. }))
+    {
+        let write = flags.contains(CmdFlags::WRITE) || flags.contains(CmdFlags::MAY_REPLICATE);
+        let mut db = None;
+        let must_wait = keys.iter().any(|k| {
+            st.migrations.iter().any(|t| t.pipe.is_fenced(k.bytes()))
+                && (write || !key_exists(*db.get_or_insert_with(|| caller_db(caller)), k))
+        });
+        if must_wait {
+            st.stats.migration_fenced += 1;
+            decision = Decision::TryAgain;
         }
     }
 
@@ -474,7 +583,7 @@ unsafe fn slow_path(
             } else {
                 SCRIPT_NON_LOCAL
             };
-            f.reply_error(text);
+            f.reply_error(text.as_bytes());
         }
         return;
     }
@@ -610,20 +719,38 @@ unsafe fn from_migration_source(st: &State, caller: Caller, slot: u16) -> bool {
     let Some(topology) = &st.topology else {
         return false;
     };
-    let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
-    info.version = 1;
-    if rm!(RedisModule_GetClientInfoById)((&mut info as *mut raw::RedisModuleClientInfo).cast(), id)
-        != raw::REDISMODULE_OK as c_int
-    {
-        return false;
+    // The peer address of the last client asked about: the mover's connection sends thousands
+    // of RESTOREs in a row, and looking the address up costs a system call and a formatted
+    // copy of the client's info. Client ids are never reused, so an id keeps its address.
+    thread_local! {
+        static LAST_PEER: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((0, Vec::new())) };
     }
-    let ip = std::ffi::CStr::from_ptr(info.addr.as_ptr()).to_bytes();
-    topology.local_migrations().any(|g| match &g.kind {
-        crate::topology::GroupKind::Importing(meta) => {
-            g.ranges.iter().any(|r| r.start <= slot && slot <= r.end)
-                && meta.src_node.host.trim_matches(['[', ']']).as_bytes() == ip
+    if LAST_PEER.with(|c| c.borrow().0 != id) {
+        let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
+        info.version = 1;
+        if rm!(RedisModule_GetClientInfoById)(
+            (&mut info as *mut raw::RedisModuleClientInfo).cast(),
+            id,
+        ) != raw::REDISMODULE_OK as c_int
+        {
+            return false;
         }
-        _ => false,
+        let ip = std::ffi::CStr::from_ptr(info.addr.as_ptr())
+            .to_bytes()
+            .to_vec();
+        LAST_PEER.with(|c| *c.borrow_mut() = (id, ip));
+    }
+    LAST_PEER.with(|c| {
+        let ip = c.borrow();
+        let ip = ip.1.as_slice();
+        topology.local_migrations().any(|g| match &g.kind {
+            crate::topology::GroupKind::Importing(meta) => {
+                g.ranges.iter().any(|r| r.start <= slot && slot <= r.end)
+                    && meta.src_node.host.trim_matches(['[', ']']).as_bytes() == ip
+            }
+            _ => false,
+        })
     })
 }
 
@@ -644,50 +771,82 @@ unsafe fn key_exists(db: i32, key: &Arg) -> bool {
     exists
 }
 
-/// The error line for a decision (without the leading `-`). Built by hand, one allocation:
-/// `format!` costs more than the rest of a redirect's routing.
-fn error_text(st: &State, decision: Decision) -> String {
+/// The error line for a decision (without the leading `-`). Built by hand on the stack (a usual
+/// redirect fits; a very long host name goes to the heap): `format!` and the allocation cost more
+/// than the rest of a redirect's routing.
+fn error_text(st: &State, decision: Decision) -> ErrorLine {
     let addr = |node: u16| {
         st.redirect_addrs
             .get(node as usize)
             .map(String::as_str)
             .unwrap_or("?:0")
     };
-    let redirect = |kind: &str, slot: u16, node: u16| {
-        let addr = addr(node);
-        let mut line = String::with_capacity(kind.len() + 7 + addr.len());
-        line.push_str(kind);
-        line.push(' ');
-        push_decimal(&mut line, slot);
-        line.push(' ');
-        line.push_str(addr);
-        line
-    };
     match decision {
-        Decision::Execute => String::new(),
-        Decision::Moved { slot, node } => redirect("MOVED", slot, node),
-        Decision::Ask { slot, node } => redirect("ASK", slot, node),
-        Decision::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".into(),
-        Decision::TryAgain => "TRYAGAIN Multiple keys request during rehashing of slot".into(),
-        Decision::NotConfigured => "CLUSTERDOWN The cluster is down".into(),
-        Decision::Unbound => "CLUSTERDOWN Hash slot not served".into(),
+        Decision::Execute => ErrorLine::Static(""),
+        Decision::Moved { slot, node } => ErrorLine::redirect("MOVED", slot, addr(node)),
+        Decision::Ask { slot, node } => ErrorLine::redirect("ASK", slot, addr(node)),
+        Decision::CrossSlot => {
+            ErrorLine::Static("CROSSSLOT Keys in request don't hash to the same slot")
+        }
+        Decision::TryAgain => {
+            ErrorLine::Static("TRYAGAIN Multiple keys request during rehashing of slot")
+        }
+        Decision::NotConfigured => ErrorLine::Static("CLUSTERDOWN The cluster is down"),
+        Decision::Unbound => ErrorLine::Static("CLUSTERDOWN Hash slot not served"),
     }
 }
 
-fn push_decimal(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// Room for `MOVED 16383 ` and an address of up to 100 bytes.
+const ERROR_LINE_STACK: usize = 112;
+
+/// An error line: a constant, or a redirect built on the stack (on the heap if too long).
+enum ErrorLine {
+    Static(&'static str),
+    Stack {
+        buf: [u8; ERROR_LINE_STACK],
+        len: usize,
+    },
+    Heap(Vec<u8>),
+}
+
+impl ErrorLine {
+    /// `<kind> <slot> <addr>`.
+    fn redirect(kind: &str, slot: u16, addr: &str) -> ErrorLine {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        let mut n = slot;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        let parts: [&[u8]; 5] = [kind.as_bytes(), b" ", &digits[i..], b" ", addr.as_bytes()];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > ERROR_LINE_STACK {
+            return ErrorLine::Heap(parts.concat());
+        }
+        let mut buf = [0u8; ERROR_LINE_STACK];
+        let mut at = 0;
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        ErrorLine::Stack { buf, len }
     }
-    for &d in &digits[i..] {
-        out.push(d as char);
+}
+
+impl std::ops::Deref for ErrorLine {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ErrorLine::Static(s) => s.as_bytes(),
+            ErrorLine::Stack { buf, len } => &buf[..*len],
+            ErrorLine::Heap(v) => v,
+        }
     }
 }
 
@@ -715,17 +874,37 @@ mod tests {
         };
         for slot in [0u16, 7, 10, 999, 16383] {
             assert_eq!(
-                error_text(&st, Decision::Moved { slot, node: 1 }),
-                format!("MOVED {slot} [::1]:7002")
+                &*error_text(&st, Decision::Moved { slot, node: 1 }),
+                format!("MOVED {slot} [::1]:7002").as_bytes()
             );
             assert_eq!(
-                error_text(&st, Decision::Ask { slot, node: 0 }),
-                format!("ASK {slot} 127.0.0.1:7001")
+                &*error_text(&st, Decision::Ask { slot, node: 0 }),
+                format!("ASK {slot} 127.0.0.1:7001").as_bytes()
             );
         }
         assert_eq!(
-            error_text(&st, Decision::Moved { slot: 5, node: 9 }),
-            "MOVED 5 ?:0"
+            &*error_text(&st, Decision::Moved { slot: 5, node: 9 }),
+            b"MOVED 5 ?:0"
+        );
+        // An address too long for the stack line still comes out whole.
+        let long = format!("{}:7003", "h".repeat(200));
+        let st = State {
+            redirect_addrs: vec![long.clone()],
+            ..State::default()
+        };
+        assert_eq!(
+            &*error_text(
+                &st,
+                Decision::Moved {
+                    slot: 16383,
+                    node: 0
+                }
+            ),
+            format!("MOVED 16383 {long}").as_bytes()
+        );
+        assert_eq!(
+            &*error_text(&st, Decision::CrossSlot),
+            b"CROSSSLOT Keys in request don't hash to the same slot"
         );
     }
 }

@@ -43,20 +43,30 @@ macro_rules! rm {
 pub(crate) use rm;
 
 /// Runs `body`, turning a panic into `fallback()`. Used by every entry point called from C.
+///
+/// Inlined, with the panic handling out of line: on the happy path `catch_unwind` costs nothing
+/// (the unwind tables do the work only when a panic happens), so the command filter pays no call
+/// and no frame for it.
+#[inline(always)]
 pub fn guard<T>(what: &str, body: impl FnOnce() -> T, fallback: impl FnOnce(String) -> T) -> T {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(v) => v,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            let text = format!("umcluster: internal error in {what}: {msg}");
-            log_warning(&text);
-            fallback(text)
-        }
+        Err(payload) => fallback(panic_message(what, payload)),
     }
+}
+
+/// Logs a caught panic and returns the message for the fallback.
+#[cold]
+#[inline(never)]
+fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    let text = format!("umcluster: internal error in {what}: {msg}");
+    log_warning(&text);
+    text
 }
 
 /// Writes a line to the server log at `warning` level.
@@ -105,7 +115,7 @@ pub unsafe fn string_bytes(s: *const raw::RedisModuleString, buf: &mut [u8; 24])
     if header >> 4 == OBJ_ENCODING_INT {
         // The value lives in the `ptr` field, after the 4-byte bitfield word and 4-byte refcount.
         let value = std::ptr::read((s as *const u8).add(8) as *const i64);
-        let (digits, len) = itoa_buf(value);
+        let (digits, len) = crate::resp::itoa(value);
         buf[..len].copy_from_slice(&digits[..len]);
         return &buf[..len];
     }
@@ -161,14 +171,32 @@ pub unsafe fn verify_string_layout(ctx: *mut raw::RedisModuleCtx) -> bool {
 /// `s` must be a live `RedisModuleString` (a `robj` of type string); the slice lives as long as it.
 #[inline]
 pub unsafe fn plain_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    if SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed) {
+        inline_string_bytes(s)
+    } else {
+        api_string_bytes(s)
+    }
+}
+
+/// Whether [`inline_string_bytes`] may be used (the load-time layout check passed).
+#[inline]
+pub fn inline_strings() -> bool {
+    SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`plain_string_bytes`] once the layout check passed: the length read from the sds header.
+///
+/// # Safety
+/// As [`plain_string_bytes`], and [`inline_strings`] must be true.
+#[inline(always)]
+pub unsafe fn inline_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
     if s.is_null() {
         return Some(&[]);
     }
-    const OBJ_ENCODING_INT: u8 = 1;
     let header = std::ptr::read(s as *const u8);
     // `type` (low 4 bits) OBJ_STRING = 0 and `encoding` (high 4 bits) RAW = 0 or EMBSTR = 8:
     // exactly the headers with the low 7 bits clear.
-    if header & 0x7f == 0 && SDS_INLINE.load(std::sync::atomic::Ordering::Relaxed) {
+    if header & 0x7f == 0 {
         // Read the sds length from its header instead of calling RedisModule_StringPtrLen:
         // a call per argument is a large share of the filter's budget. The layouts are those
         // of sds.h since redis 3.2 (unchanged through 8.x): the byte before the buffer holds
@@ -176,24 +204,43 @@ pub unsafe fn plain_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option
         let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
         if !sds.is_null() {
             let flags = std::ptr::read(sds.sub(1));
-            let kind = flags & 7;
             // sdshdr8 first: every embedded string (arguments up to 44 bytes) uses it.
-            let len = if kind == 1 {
-                Some(std::ptr::read(sds.sub(3)) as usize)
-            } else {
-                match kind {
-                    0 => Some((flags >> 3) as usize),
-                    2 => Some(std::ptr::read_unaligned(sds.sub(5) as *const u16) as usize),
-                    3 => Some(std::ptr::read_unaligned(sds.sub(9) as *const u32) as usize),
-                    4 => Some(std::ptr::read_unaligned(sds.sub(17) as *const u64) as usize),
-                    _ => None,
-                }
-            };
-            if let Some(len) = len {
+            if flags & 7 == 1 {
+                let len = std::ptr::read(sds.sub(3)) as usize;
+                return Some(std::slice::from_raw_parts(sds, len));
+            }
+            if let Some(len) = other_sds_len(sds, flags) {
                 return Some(std::slice::from_raw_parts(sds, len));
             }
         }
-    } else if header >> 4 == OBJ_ENCODING_INT {
+    }
+    api_string_bytes(s)
+}
+
+/// The length of an sds string whose header is not an `sdshdr8`.
+///
+/// # Safety
+/// `sds` must be a live sds string whose type byte is `flags`.
+#[inline(never)]
+unsafe fn other_sds_len(sds: *const u8, flags: u8) -> Option<usize> {
+    match flags & 7 {
+        0 => Some((flags >> 3) as usize),
+        1 => Some(std::ptr::read(sds.sub(3)) as usize),
+        2 => Some(std::ptr::read_unaligned(sds.sub(5) as *const u16) as usize),
+        3 => Some(std::ptr::read_unaligned(sds.sub(9) as *const u32) as usize),
+        4 => Some(std::ptr::read_unaligned(sds.sub(17) as *const u64) as usize),
+        _ => None,
+    }
+}
+
+/// [`plain_string_bytes`] through `RedisModule_StringPtrLen`.
+#[inline(never)]
+unsafe fn api_string_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    if s.is_null() {
+        return Some(&[]);
+    }
+    const OBJ_ENCODING_INT: u8 = 1;
+    if std::ptr::read(s as *const u8) >> 4 == OBJ_ENCODING_INT {
         return None;
     }
     let mut len = 0usize;
@@ -217,37 +264,36 @@ pub unsafe fn int_encoded_value(s: *const raw::RedisModuleString) -> Option<i64>
     Some(std::ptr::read((s as *const u8).add(8) as *const i64))
 }
 
-fn itoa_buf(value: i64) -> ([u8; 24], usize) {
-    let mut out = [0u8; 24];
-    let mut digits = [0u8; 20];
-    let mut n = value.unsigned_abs();
-    let mut i = 0;
-    loop {
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        i += 1;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut len = 0;
-    if value < 0 {
-        out[0] = b'-';
-        len = 1;
-    }
-    for d in digits[..i].iter().rev() {
-        out[len] = *d;
-        len += 1;
-    }
-    (out, len)
-}
-
 /// Creates a server string owned by nobody yet (for the filter to hand to the server).
 pub fn new_string(bytes: &[u8]) -> *mut raw::RedisModuleString {
     // SAFETY: a NULL context creates a string outside automatic memory management.
     unsafe {
         rm!(RedisModule_CreateString)(std::ptr::null_mut(), bytes.as_ptr().cast(), bytes.len())
     }
+}
+
+/// The credentials this node uses towards its peers (the migration mover, `PUBLISH` forwarding):
+/// those its replicas use towards a master, `masteruser` and `masterauth`, which in a cluster whose
+/// nodes share credentials are every peer's. None when `masterauth` is not set.
+///
+/// # Safety
+/// `ctx` is a valid module context on the main thread.
+pub unsafe fn peer_credentials(
+    ctx: *mut raw::RedisModuleCtx,
+) -> Option<crate::transfer::Credentials> {
+    let get = |name: &[u8]| match call::call(ctx, "CONFIG", &[b"GET", name]) {
+        Ok(crate::resp::Value::Array(items)) => items
+            .get(1)
+            .and_then(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        _ => None,
+    };
+    let password = get(b"masterauth")?;
+    Some(crate::transfer::Credentials {
+        user: get(b"masteruser"),
+        password,
+    })
 }
 
 #[cfg(test)]
@@ -281,7 +327,7 @@ mod tests {
     #[test]
     fn itoa_renders_integers() {
         for v in [0i64, 7, -7, 10000, i64::MIN, i64::MAX] {
-            let (buf, len) = super::itoa_buf(v);
+            let (buf, len) = crate::resp::itoa(v);
             assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), v.to_string());
         }
     }

@@ -174,6 +174,8 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
                 load_config_file(ctx, &path, count);
                 // A saved migration resumes where the keys are.
                 super::mover::ensure_timer(ctx);
+                let credentials = super::peer_credentials(ctx);
+                let _ = state::try_with_mut(|st| st.publish.set_credentials(credentials));
             }
             None => log_notice(&format!(
                 "umcluster: loaded, routing {count} commands; waiting for UMCTL SETCLUSTER"

@@ -1,61 +1,81 @@
-//! The source side of slot migration: a main-thread timer that finds the keys of the migrating
-//! slots and moves them to the destination with the server's own `MIGRATE`.
+//! The source side of slot migration, on the main thread: a timer that finds the keys of the
+//! migrating slots, copies them into batches for the background sender
+//! ([`crate::transfer::Link`]), and deletes them here once the destination acknowledged them.
 //!
-//! Why `MIGRATE`, called in-process: it carries every type (it is `DUMP`/`RESTORE`), with its
-//! TTL, to the same logical database on the destination; it sends a whole batch of keys in one
-//! pipelined round trip (`RESTORE-ASKING` for each), and deletes them locally only once the
-//! destination acknowledged every one of them, propagating the `DEL` to replicas and AOF (the call
-//! is made with the `!` flag). And it does all of that while holding the event loop, so no client
-//! command can run between the copy and the delete: there is no window in which a write could
-//! land on a copy that is about to be discarded. That atomicity is what the native design relies
-//! on too; what we change is who drives it — no outside tool and no round trip per batch through
-//! one, and the slot scan happens next to the data.
+//! Why this split: everything that touches the keyspace must run on the main thread, but waiting
+//! for the destination must not. So a tick only does memory work — scan a few buckets, copy
+//! string values (the sender builds their `DUMP` payloads and checksums), `DUMP` other types,
+//! delete acknowledged keys with one replicated `DEL` per batch — for at most a few milliseconds
+//! ([`crate::migration::tick_budget`]: all of an idle loop, 30 % of a busy one),
+//! and the transfer and the destination's `RESTORE`s overlap with the source serving clients.
+//! Several batches are in flight at once (up to [`MAX_IN_FLIGHT_KEYS`] keys /
+//! [`MAX_IN_FLIGHT_BYTES`]).
 //!
-//! The price of atomicity is that each batch holds the event loop for its round trip. Batches are
-//! small (at most [`BATCH_KEYS`] keys) and every timer tick stops after [`TICK_BUDGET`]; the next
-//! tick comes [`TICK_PERIOD_MS`] later, so clients are served between ticks. A single huge key
-//! holds the loop for its whole `DUMP` + transfer + `RESTORE` (as native `MIGRATE` does); the
-//! batch's `MIGRATE` timeout is the topology's `migration_max_blocking_time`, capped at
-//! [`MAX_TIMEOUT_MS`].
+//! What keeps every write while a copy is on its way: the keys of a batch are *fenced* from
+//! the moment they are copied until they are deleted here after the acknowledgement (see
+//! [`crate::migration::Pipeline`]); the filter answers `TRYAGAIN` to a write of a fenced key, so
+//! the value that was copied is the value that is deleted. An acknowledged key is still checked
+//! before it is deleted (strings: value and expiry; other types: expiry), and one that changed
+//! anyway (a path the filter does not see) or vanished (expiry, eviction, `FLUSHALL`) is sent
+//! again — the latter as a tombstone that deletes the destination's copy — before its fence
+//! lifts. A transaction queued before its keys were fenced or deleted and executed after is
+//! aborted: every batch bumps the table version, and `EXEC` of a transaction on a migrating slot
+//! queued before that is refused (the filter's existing `EXECABORT` path).
 //!
 //! Finding keys: standalone Redis keeps no slot index, so each task walks every database with
-//! `RedisModule_Scan` (a bucket at a time, resumable across ticks). A pass over all databases that
-//! meets no key of the task's slots finishes the task. Keys cannot appear in a migrating slot
+//! `RedisModule_Scan`, resumable across ticks. A pass over all databases that meets no key of the
+//! task's slots, with nothing in flight, finishes the task. Keys cannot appear in a migrating slot
 //! behind the scan: the router sends a command whose keys are missing here to the destination
-//! (`ASK`), so only keys that already exist are written here. A transaction queued before a batch
-//! and executed after it could recreate a moved key here: every batch that moved keys bumps the
-//! table version, and `EXEC` of a transaction on a migrating slot queued before that is aborted
-//! (the existing `EXECABORT` path of the filter).
+//! (`ASK`).
+//!
+//! A huge key: strings are copied on the main thread (a memory copy, about 10 ms for 100 MB);
+//! other types are serialized by the server's `DUMP`, which holds the loop for as long as it
+//! takes. The transfer itself never holds the source's loop; the destination's `RESTORE` holds
+//! the destination's.
 
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::os::raw::c_int;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis_module::raw;
 
 use super::{call, guard, log_notice, log_warning, rm, string_bytes};
-use crate::migration::{ScanCursor, Task, TaskState};
+use crate::migration::{tick_budget, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET};
 use crate::resp::Value;
 use crate::slot::key_slot;
 use crate::state::{self, State};
+use crate::transfer::{Batch, Entry, Event, Link, LinkConfig, Payload};
 
-/// Most keys one `MIGRATE` carries.
-pub const BATCH_KEYS: usize = 128;
-/// Work per timer tick before the event loop gets control back.
-pub const TICK_BUDGET: Duration = Duration::from_millis(2);
+/// Most keys in one batch.
+pub const BATCH_KEYS: usize = 256;
+/// Most bytes (names and values) in one batch, unless a single key is bigger.
+pub const BATCH_BYTES: u64 = 1 << 20;
+/// Most keys handed to the sender and not yet acknowledged.
+pub const MAX_IN_FLIGHT_KEYS: usize = 4 * 1024;
+/// Most bytes handed to the sender and not yet acknowledged.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 4 << 20;
 /// Pause between ticks while a task is moving keys, unless the topology's
 /// `migration_scan_interval` (µs) asks for a longer one.
 pub const TICK_PERIOD_MS: i64 = 1;
 /// Pause between ticks when every task waits (retry backoff, done, replica).
 const IDLE_PERIOD_MS: i64 = 100;
-/// Wait after a failed batch before the next attempt.
+/// Wait after a failed link or a refused batch before the next attempt (doubling, see
+/// [`Task::failed`]).
 const RETRY_BACKOFF_MS: u64 = 500;
-/// Upper bound of one batch's `MIGRATE` timeout (the loop is held that long at most when the
-/// destination stops answering).
-pub const MAX_TIMEOUT_MS: u64 = 1000;
+/// How long the destination may take to answer a batch (or the connection to be made) before the
+/// link is dropped and its batches parked.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A tick this long is logged.
+const LONG_TICK: Duration = Duration::from_millis(20);
 
 thread_local! {
+    /// CPU time ticks took beyond their budgets and have not paid back yet.
+    static OVER_BUDGET: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// The main thread's CPU time when the last tick ended.
+    static LAST_TICK_END_CPU: Cell<Option<Duration>> = const { Cell::new(None) };
     /// The scheduled tick, if any (main thread only).
     static ARMED: Cell<Option<raw::RedisModuleTimerID>> = const { Cell::new(None) };
 }
@@ -102,25 +122,93 @@ unsafe fn arm(ctx: *mut raw::RedisModuleCtx, period_ms: i64) {
 
 extern "C" fn tick(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
     ARMED.with(|a| a.set(None));
+    let started = Instant::now();
+    let cpu_started = thread_cpu_time();
+    let budget = this_tick_budget(cpu_started);
     // SAFETY: the server calls timers on the main thread with a valid context.
     let next = guard(
         "the migration timer",
-        || unsafe { run_tick(ctx) },
+        || unsafe { run_tick(ctx, started + budget) },
         |_| Some(IDLE_PERIOD_MS),
     );
+    let cpu_ended = thread_cpu_time();
+    LAST_TICK_END_CPU.with(|c| c.set(cpu_ended));
+    let on_cpu = cpu_started.zip(cpu_ended).map(|(a, b)| b.saturating_sub(a));
+    report_long_tick(started.elapsed(), on_cpu);
+    if let Some(cpu) = on_cpu {
+        let over = cpu.saturating_sub(budget);
+        OVER_BUDGET.with(|d| d.set((d.get() + over).min(Duration::from_secs(1))));
+        let _ = state::try_with_mut(|st| st.stats.migration_cpu_us += cpu.as_micros() as u64);
+    }
     if let Some(period) = next {
         // SAFETY: as above.
         unsafe { arm(ctx, period) };
     }
 }
 
-/// One tick: moves keys until the budget is spent. Returns when to come back, `None` when no
-/// task needs a tick any more.
-unsafe fn run_tick(ctx: *mut raw::RedisModuleCtx) -> Option<i64> {
+/// How long the tick starting now (main-thread CPU time `cpu_now`) may work: from the CPU the
+/// clients used since the last tick (see `migration::tick_budget`), capped by the control
+/// plane's `migration_max_blocking_time` (ms; it lowers the cap, never raises it), minus CPU
+/// earlier ticks took beyond their budgets (a big key), which is paid back first.
+fn this_tick_budget(cpu_now: Option<Duration>) -> Duration {
+    let client_cpu = LAST_TICK_END_CPU
+        .with(Cell::get)
+        .zip(cpu_now)
+        .map(|(a, b)| b.saturating_sub(a));
+    let cap_ms = state::try_with(|st| {
+        st.topology
+            .as_ref()
+            .map_or(u64::MAX, |t| t.config.migration_max_blocking_time)
+    })
+    .unwrap_or(u64::MAX);
+    let base = tick_budget(client_cpu).min(Duration::from_millis(cap_ms.max(1)));
+    let debt = OVER_BUDGET.with(Cell::get);
+    let budget = base.saturating_sub(debt).max(MIN_TICK_BUDGET);
+    OVER_BUDGET.with(|d| d.set(debt.saturating_sub(base.saturating_sub(budget))));
+    budget
+}
+
+/// Logs a tick that held the event loop much longer than its budget (a huge key, a slow
+/// `DUMP`), at most once every 10 s.
+fn report_long_tick(took: Duration, on_cpu: Option<Duration>) {
+    thread_local! {
+        static LAST_REPORT: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    if took < LONG_TICK {
+        return;
+    }
+    let due = LAST_REPORT.with(|r| {
+        r.get()
+            .map_or(true, |t| t.elapsed() >= Duration::from_secs(10))
+    });
+    if due {
+        LAST_REPORT.with(|r| r.set(Some(Instant::now())));
+        // Wall time far above CPU time: the thread was descheduled (a busy machine), not busy.
+        let cpu = on_cpu.map_or("?".to_string(), |c| c.as_millis().to_string());
+        log_notice(&format!(
+            "umcluster: a migration tick held the event loop for {} ms ({cpu} ms on CPU)",
+            took.as_millis()
+        ));
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// One tick: works on every task until the budget is spent. Returns when to come back, `None`
+/// when no task needs a tick any more.
+unsafe fn run_tick(ctx: *mut raw::RedisModuleCtx, deadline: Instant) -> Option<i64> {
     let flags = rm!(RedisModule_GetContextFlags)(ctx) as u32;
     let replica = flags & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0;
     let loading = flags & raw::REDISMODULE_CTX_FLAGS_LOADING != 0;
-    let started = Instant::now();
     let databases = database_count(ctx);
     state::try_with_mut(|st| {
         if st.migrations.iter().all(|t| t.state == TaskState::Done) {
@@ -128,15 +216,14 @@ unsafe fn run_tick(ctx: *mut raw::RedisModuleCtx) -> Option<i64> {
         }
         // A replica follows its master's deletes; it never moves keys itself.
         if replica || loading {
+            for t in &mut st.migrations {
+                t.pipe.reset();
+            }
             return Some(IDLE_PERIOD_MS);
         }
         let mut busy = false;
         for i in 0..st.migrations.len() {
-            if started.elapsed() >= TICK_BUDGET {
-                busy = true;
-                break;
-            }
-            busy |= step_task(ctx, st, i, databases, started);
+            busy |= step_task(ctx, st, i, databases, deadline);
         }
         Some(if busy {
             busy_period(st)
@@ -154,32 +241,55 @@ unsafe fn step_task(
     st: &mut State,
     i: usize,
     databases: i32,
-    started: Instant,
+    deadline: Instant,
 ) -> bool {
-    let timeout = st
-        .topology
-        .as_ref()
-        .map_or(MAX_TIMEOUT_MS, |t| t.config.migration_max_blocking_time)
-        .clamp(10, MAX_TIMEOUT_MS);
+    if st.migrations[i].state == TaskState::Done {
+        return false;
+    }
+    handle_events(ctx, st, i, deadline);
     let now = now_ms();
     {
         let task = &mut st.migrations[i];
-        match task.state {
-            TaskState::Done => return false,
-            TaskState::Retrying if now < task.retry_at_ms => return false,
-            _ => {}
+        if task.state == TaskState::Retrying && now < task.retry_at_ms {
+            return false;
         }
-        if task.keys_estimate.is_some() || task.db != 0 || task.cursor.is_some() {
-            // Estimated already, or the first pass is under way.
-        } else {
+        if task.keys_estimate.is_none() && task.db == 0 && task.cursor.is_none() {
             let guess = estimate(ctx, st, i, databases);
             st.migrations[i].keys_estimate = Some(guess);
         }
     }
-    while started.elapsed() < TICK_BUDGET {
+    let task = &mut st.migrations[i];
+    if task.pipe.link.is_none() {
+        let dst = &task.meta.dst_node;
+        let host = dst.host.trim_matches(['[', ']']).to_string();
+        let port = dst.port;
+        task.pipe.link = Some(Link::open(
+            &host,
+            port,
+            LinkConfig {
+                connect_timeout: CONNECT_TIMEOUT,
+                reply_timeout: REPLY_TIMEOUT,
+                auth: super::peer_credentials(ctx),
+            },
+        ));
+        for sent in task.pipe.take_parked() {
+            hand_over(&mut task.pipe, sent);
+        }
+    }
+    let mut sent_any = resend_changed(ctx, task);
+
+    while Instant::now() < deadline {
         let task = &mut st.migrations[i];
+        if task.pipe.keys >= MAX_IN_FLIGHT_KEYS || task.pipe.bytes >= MAX_IN_FLIGHT_BYTES {
+            break;
+        }
         if task.db >= databases {
+            // The pass is over; its verdict needs every key it sent settled.
+            if !task.pipe.idle() {
+                break;
+            }
             if task.end_pass() {
+                task.pipe.link = None;
                 log_notice(&format!(
                     "umcluster: migration of {} to {} done: {} keys moved",
                     ranges(task),
@@ -191,42 +301,328 @@ unsafe fn step_task(
             continue;
         }
         let db = task.db;
-        let (keys, bytes, db_finished) = collect_batch(ctx, task);
-        task.found_this_pass += keys.len() as u64;
+        let (batch, db_finished) = collect_batch(ctx, task, deadline);
         if db_finished {
             task.cursor = None;
             task.db += 1;
         }
-        if keys.is_empty() {
-            continue;
+        if let Some(mut batch) = batch {
+            batch.id = task.pipe.next_id();
+            batch.db = db;
+            hand_over(
+                &mut task.pipe,
+                Sent {
+                    batch: Arc::new(batch),
+                    maybe_delivered: false,
+                },
+            );
+            sent_any = true;
         }
-        let dst = task.meta.dst_node.clone();
-        match migrate(ctx, &dst.host, dst.port, db, timeout, &keys) {
-            Ok(()) => {
-                let task = &mut st.migrations[i];
-                task.moved(keys.len() as u64, bytes, now_ms());
-                st.stats.migration_keys_moved += keys.len() as u64;
-                st.stats.migration_bytes_moved += bytes;
-                // Transactions queued on these slots before this batch must not run (see the
-                // file comment).
-                st.table_version += 1;
-            }
-            Err(e) => {
-                let task = &mut st.migrations[i];
-                if task.state != TaskState::Retrying {
-                    log_warning(&format!(
-                        "umcluster: migration of {} to {}: {e}; retrying",
-                        ranges(task),
-                        task.meta.dst_proxy
-                    ));
+    }
+    if sent_any {
+        // Transactions queued on these slots before these keys were fenced must not run.
+        st.table_version += 1;
+    }
+    true
+}
+
+/// Hands a batch to the task's link (its keys are fenced already).
+fn hand_over(pipe: &mut Pipeline, sent: Sent) {
+    let batch = Arc::clone(&sent.batch);
+    pipe.sent(sent);
+    if let Some(link) = &pipe.link {
+        // A link whose threads ended has reported why: the event handler parks or releases
+        // this batch with the others.
+        let _ = link.send(batch);
+    }
+}
+
+/// Applies what the task's link reported, while the tick's budget lasts (at least one event).
+unsafe fn handle_events(
+    ctx: *mut raw::RedisModuleCtx,
+    st: &mut State,
+    i: usize,
+    deadline: Instant,
+) {
+    {
+        let pipe = &mut st.migrations[i].pipe;
+        match &pipe.link {
+            Some(link) => pipe.events.extend(link.poll()),
+            None => return,
+        }
+    }
+    let mut handled = 0;
+    while handled == 0 || Instant::now() < deadline {
+        let Some(event) = st.migrations[i].pipe.events.pop_front() else {
+            return;
+        };
+        handled += 1;
+        match event {
+            Event::Acked(id) => match st.migrations[i].pipe.take_acked(id) {
+                Some(sent) => finish_batch(ctx, st, i, &sent.batch),
+                None => {
+                    link_error(st, i, format!("reply for batch {id} out of order"), true);
+                    return;
                 }
-                task.failed(e, now_ms(), RETRY_BACKOFF_MS);
-                st.stats.migration_errors += 1;
-                return false;
+            },
+            Event::Refused { id, error } => {
+                let task = &mut st.migrations[i];
+                if let Some(sent) = task.pipe.take_acked(id) {
+                    task.pipe.park(sent);
+                }
+                link_error(st, i, format!("destination refused: {error}"), true);
+                return;
+            }
+            Event::Unreachable(error) => {
+                link_error(st, i, error, false);
+                return;
+            }
+            Event::Down(error) => {
+                link_error(st, i, error, true);
+                return;
             }
         }
     }
+}
+
+/// Drops the task's link after a failure and schedules the retry.
+fn link_error(st: &mut State, i: usize, error: String, connected: bool) {
+    let task = &mut st.migrations[i];
+    if task.state != TaskState::Retrying {
+        log_warning(&format!(
+            "umcluster: migration of {} to {}: {error}; retrying",
+            ranges(task),
+            task.meta.dst_proxy
+        ));
+    }
+    task.pipe.link_failed(connected);
+    task.failed(error, now_ms(), RETRY_BACKOFF_MS);
+    st.stats.migration_errors += 1;
+}
+
+/// An acknowledged batch: deletes its keys here (replicated as one `DEL`), unless a key changed
+/// or vanished since it was copied, in which case it is sent again and stays fenced.
+unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, batch: &Batch) {
+    let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
+    rm!(RedisModule_SelectDb)(ctx, batch.db);
+    let mut deleted: Vec<*mut raw::RedisModuleString> = Vec::with_capacity(batch.entries.len());
+    let mut resend = Vec::new();
+    let mut moved = 0u64;
+    for (n, e) in batch.entries.iter().enumerate() {
+        let name = rm!(RedisModule_CreateString)(ctx, e.key.as_ptr().cast(), e.key.len());
+        let key = rm!(RedisModule_OpenKey)(
+            ctx,
+            name,
+            (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int,
+        );
+        match unchanged(key, e) {
+            Some(true) => {
+                // What `DEL` does, without looking the key up again: delete, invalidate WATCHes,
+                // notify; the `DEL` itself is replicated once for the batch below.
+                rm!(RedisModule_DeleteKey)(key);
+                rm!(RedisModule_SignalModifiedKey)(ctx, name);
+                rm!(RedisModule_NotifyKeyspaceEvent)(
+                    ctx,
+                    raw::REDISMODULE_NOTIFY_GENERIC as c_int,
+                    c"del".as_ptr(),
+                    name,
+                );
+                deleted.push(name);
+            }
+            // A key met twice in one batch (cannot happen: it is fenced when first met) was
+            // deleted just above; it must not read as vanished, which would send a tombstone
+            // after the copy.
+            Some(false) if batch.entries[..n].iter().any(|prev| prev.key == e.key) => {}
+            Some(false) => resend.push((batch.db, e.key.clone())),
+            // A tombstone was delivered: nothing is left here to delete.
+            None => {}
+        }
+        if !key.is_null() {
+            rm!(RedisModule_CloseKey)(key);
+        }
+        if deleted.last() != Some(&name) {
+            rm!(RedisModule_FreeString)(ctx, name);
+        }
+    }
+    if !deleted.is_empty() {
+        // To replicas and the AOF, in this database.
+        rm!(RedisModule_Replicate)(
+            ctx,
+            c"DEL".as_ptr(),
+            c"v".as_ptr(),
+            deleted.as_mut_ptr(),
+            deleted.len(),
+        );
+        moved += deleted.len() as u64;
+        for name in deleted {
+            rm!(RedisModule_FreeString)(ctx, name);
+        }
+    }
+    rm!(RedisModule_SelectDb)(ctx, previous_db);
+
+    let task = &mut st.migrations[i];
+    for e in &batch.entries {
+        if !resend.iter().any(|(_, k)| *k == e.key) {
+            task.pipe.unfence(&e.key);
+        }
+    }
+    task.pipe.resend.extend(resend);
+    task.moved(moved, batch.bytes, now_ms());
+    st.stats.migration_keys_moved += moved;
+    st.stats.migration_bytes_moved += batch.bytes;
+    // Transactions that read these keys before they left must not run.
+    st.table_version += 1;
+}
+
+/// Whether key `name` still holds what entry `e` carried: `Some(true)` yes (delete it),
+/// `Some(false)` no (send it again), `None` for a tombstone (nothing to delete).
+unsafe fn unchanged(key: *mut raw::RedisModuleKey, e: &Entry) -> Option<bool> {
+    let kind = if key.is_null() {
+        raw::REDISMODULE_KEYTYPE_EMPTY as c_int
+    } else {
+        rm!(RedisModule_KeyType)(key)
+    };
+    match &e.payload {
+        Payload::Tombstone => {
+            if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+                None
+            } else {
+                Some(false)
+            }
+        }
+        _ if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int => Some(false),
+        Payload::Str(value) => Some(
+            kind == raw::REDISMODULE_KEYTYPE_STRING as c_int
+                && abs_expire(key) == e.expire_at_ms
+                && string_value(key) == Some(value.as_slice()),
+        ),
+        Payload::Dump(_) => Some(abs_expire(key) == e.expire_at_ms),
+    }
+}
+
+/// The key's absolute expiry in ms, 0 for none.
+unsafe fn abs_expire(key: *mut raw::RedisModuleKey) -> i64 {
+    let at = rm!(RedisModule_GetAbsExpire)(key);
+    if at < 0 {
+        0
+    } else {
+        at
+    }
+}
+
+/// A string key's value. (For a non-raw encoding the server converts the value to a raw string
+/// in place; harmless for a key that is leaving.)
+unsafe fn string_value<'a>(key: *mut raw::RedisModuleKey) -> Option<&'a [u8]> {
+    let mut len = 0usize;
+    let ptr = rm!(RedisModule_StringDMA)(key, &mut len, raw::REDISMODULE_READ as c_int);
+    if ptr.is_null() {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(ptr as *const u8, len))
+}
+
+/// Serializes the keys queued for sending again into one batch per database.
+unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
+    if task.pipe.resend.is_empty() || task.pipe.link.is_none() {
+        return false;
+    }
+    let mut keys = std::mem::take(&mut task.pipe.resend);
+    keys.sort();
+    // Each listed key holds one fence count; a key listed twice is sent once.
+    let before = keys.len();
+    let mut extra = Vec::new();
+    keys.dedup_by(|a, b| {
+        let same = a == b;
+        if same {
+            extra.push(a.1.clone());
+        }
+        same
+    });
+    debug_assert_eq!(before, keys.len() + extra.len());
+    for k in extra {
+        task.pipe.unfence(&k);
+    }
+    let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
+    let mut start = 0;
+    while start < keys.len() {
+        let db = keys[start].0;
+        let end = start + keys[start..].iter().take_while(|(d, _)| *d == db).count();
+        rm!(RedisModule_SelectDb)(ctx, db);
+        let mut batch = Batch {
+            db,
+            ..Batch::default()
+        };
+        for (_, k) in &keys[start..end] {
+            let name = rm!(RedisModule_CreateString)(ctx, k.as_ptr().cast(), k.len());
+            let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
+            let entry = if key.is_null()
+                || rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int
+            {
+                Some(Entry {
+                    key: k.clone(),
+                    payload: Payload::Tombstone,
+                    expire_at_ms: 0,
+                })
+            } else {
+                copy_entry(ctx, key, k)
+            };
+            if !key.is_null() {
+                rm!(RedisModule_CloseKey)(key);
+            }
+            rm!(RedisModule_FreeString)(ctx, name);
+            // Already fenced: the fence stays until this copy is acknowledged.
+            match entry {
+                Some(e) => {
+                    batch.bytes += e.key.len() as u64 + payload_len(&e.payload);
+                    batch.entries.push(e);
+                }
+                None => task.pipe.unfence(k),
+            }
+        }
+        if !batch.entries.is_empty() {
+            batch.id = task.pipe.next_id();
+            hand_over(
+                &mut task.pipe,
+                Sent {
+                    batch: Arc::new(batch),
+                    maybe_delivered: false,
+                },
+            );
+        }
+        start = end;
+    }
+    rm!(RedisModule_SelectDb)(ctx, previous_db);
     true
+}
+
+fn payload_len(p: &Payload) -> u64 {
+    match p {
+        Payload::Str(v) | Payload::Dump(v) => v.len() as u64,
+        Payload::Tombstone => 0,
+    }
+}
+
+/// Copies an open key: a string's bytes, or the server's `DUMP` of any other type; with its
+/// expiry. `None` if it cannot be serialized (it vanished meanwhile).
+unsafe fn copy_entry(
+    ctx: *mut raw::RedisModuleCtx,
+    key: *mut raw::RedisModuleKey,
+    name: &[u8],
+) -> Option<Entry> {
+    let expire_at_ms = abs_expire(key);
+    let payload = if rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_STRING as c_int {
+        Payload::Str(string_value(key)?.to_vec())
+    } else {
+        match call::call(ctx, "DUMP", &[name]) {
+            Ok(Value::Bulk(d)) => Payload::Dump(d),
+            _ => return None,
+        }
+    };
+    Some(Entry {
+        key: name.to_vec(),
+        payload,
+        expire_at_ms,
+    })
 }
 
 fn ranges(task: &Task) -> String {
@@ -237,11 +633,14 @@ fn ranges(task: &Task) -> String {
         .join(",")
 }
 
-/// Keys of the task's slots met by the scan, with their approximate size.
-struct Batch<'a> {
+/// What one scan step collects: the task's keys met, copied (strings) or named for `DUMP`.
+struct Collect<'a> {
     slots: &'a [bool],
-    keys: Vec<Vec<u8>>,
+    pipe: &'a mut Pipeline,
+    entries: Vec<Entry>,
+    to_dump: Vec<(Vec<u8>, i64)>,
     bytes: u64,
+    found: u64,
 }
 
 unsafe extern "C" fn scan_callback(
@@ -253,20 +652,37 @@ unsafe extern "C" fn scan_callback(
     guard(
         "the migration scan",
         || {
-            let batch = &mut *(privdata as *mut Batch);
+            let c = &mut *(privdata as *mut Collect);
             let mut buf = [0u8; 24];
             let name = string_bytes(keyname, &mut buf);
-            if !batch.slots[key_slot(name) as usize] {
+            if !c.slots[key_slot(name) as usize] {
                 return;
             }
-            let mut bytes = name.len() as u64;
-            if !key.is_null()
-                && rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_STRING as c_int
-            {
-                bytes += rm!(RedisModule_ValueLength)(key) as u64;
+            c.found += 1;
+            if key.is_null() || c.pipe.is_fenced(name) {
+                // On its way already (or met twice: a scan may return a key again while the
+                // table is resized): the pass stays open, nothing to do.
+                return;
             }
-            batch.bytes += bytes;
-            batch.keys.push(name.to_vec());
+            // Fenced from this moment (also against a second visit within this batch).
+            c.pipe.fence(name);
+            let expire_at_ms = abs_expire(key);
+            if rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_STRING as c_int {
+                match string_value(key) {
+                    Some(value) => {
+                        c.bytes += (name.len() + value.len()) as u64;
+                        c.entries.push(Entry {
+                            key: name.to_vec(),
+                            payload: Payload::Str(value.to_vec()),
+                            expire_at_ms,
+                        });
+                    }
+                    None => c.pipe.unfence(name),
+                }
+            } else {
+                // `DUMP` runs after the scan step, outside the server's iteration.
+                c.to_dump.push((name.to_vec(), expire_at_ms));
+            }
         },
         |_| (),
     )
@@ -276,12 +692,14 @@ unsafe fn destroy_cursor(raw_cursor: *mut c_void) {
     rm!(RedisModule_ScanCursorDestroy)(raw_cursor.cast());
 }
 
-/// Scans the task's current database until a batch is full or the database is finished: the
-/// keys, their approximate bytes, and whether the database is finished.
+/// Scans the task's current database until a batch is full, the tick's budget is spent or the
+/// database is finished. Returns the batch (keys fenced; id and db still to set), if any, and
+/// whether the database is finished.
 unsafe fn collect_batch(
     ctx: *mut raw::RedisModuleCtx,
     task: &mut Task,
-) -> (Vec<Vec<u8>>, u64, bool) {
+    deadline: Instant,
+) -> (Option<Batch>, bool) {
     let cursor = task
         .cursor
         .get_or_insert_with(|| ScanCursor {
@@ -289,69 +707,69 @@ unsafe fn collect_batch(
             destroy: destroy_cursor,
         })
         .raw;
-    let mut batch = Batch {
+    let mut c = Collect {
         slots: &task.slots,
-        keys: Vec::new(),
+        pipe: &mut task.pipe,
+        entries: Vec::new(),
+        to_dump: Vec::new(),
         bytes: 0,
+        found: 0,
     };
     let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
     rm!(RedisModule_SelectDb)(ctx, task.db);
     let mut finished = false;
-    // A scan step visits one hash bucket (a few keys); stop once the batch is full.
-    for _ in 0..BATCH_KEYS * 4 {
-        if batch.keys.len() >= BATCH_KEYS {
-            break;
-        }
+    let mut steps = 0u32;
+    // A scan step visits one hash bucket (a few keys).
+    while c.entries.len() + c.to_dump.len() < BATCH_KEYS && c.bytes < BATCH_BYTES {
         if rm!(RedisModule_Scan)(
             ctx,
             cursor.cast(),
             Some(scan_callback),
-            (&mut batch as *mut Batch).cast(),
+            (&mut c as *mut Collect).cast(),
         ) == 0
         {
             finished = true;
             break;
         }
+        steps += 1;
+        if steps % 64 == 0 && Instant::now() >= deadline {
+            break;
+        }
+    }
+    let Collect {
+        mut entries,
+        to_dump,
+        mut bytes,
+        found,
+        ..
+    } = c;
+    for (name, expire_at_ms) in to_dump {
+        match call::call(ctx, "DUMP", &[&name]) {
+            Ok(Value::Bulk(d)) => {
+                bytes += (name.len() + d.len()) as u64;
+                entries.push(Entry {
+                    key: name,
+                    payload: Payload::Dump(d),
+                    expire_at_ms,
+                });
+            }
+            _ => task.pipe.unfence(&name),
+        }
     }
     rm!(RedisModule_SelectDb)(ctx, previous_db);
-    (batch.keys, batch.bytes, finished)
-}
-
-/// `MIGRATE host port "" db timeout REPLACE KEYS k...`, run as the server runs it, replicated.
-unsafe fn migrate(
-    ctx: *mut raw::RedisModuleCtx,
-    host: &str,
-    port: u16,
-    db: i32,
-    timeout_ms: u64,
-    keys: &[Vec<u8>],
-) -> Result<(), String> {
-    let port = port.to_string();
-    let db_text = db.to_string();
-    let timeout = timeout_ms.to_string();
-    let mut args: Vec<&[u8]> = vec![
-        host.as_bytes(),
-        port.as_bytes(),
-        b"",
-        db_text.as_bytes(),
-        timeout.as_bytes(),
-        b"REPLACE",
-        b"KEYS",
-    ];
-    args.extend(keys.iter().map(Vec::as_slice));
-    // MIGRATE reads its keys in the caller's database.
-    let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
-    rm!(RedisModule_SelectDb)(ctx, db);
-    // "!": the local deletes reach replicas and the AOF.
-    let reply = call::call_with(ctx, "MIGRATE", &args, c"vE!");
-    rm!(RedisModule_SelectDb)(ctx, previous_db);
-    match reply {
-        // Status replies come back from RedisModule_Call as strings.
-        Ok(Value::Simple(s)) if s == "OK" || s == "NOKEY" => Ok(()),
-        Ok(Value::Bulk(s)) if s == b"OK" || s == b"NOKEY" => Ok(()),
-        Ok(Value::Error(e)) | Err(e) => Err(e),
-        Ok(other) => Err(format!("unexpected MIGRATE reply: {other}")),
+    task.found_this_pass += found;
+    if entries.is_empty() {
+        return (None, finished);
     }
+    (
+        Some(Batch {
+            id: 0,
+            db: 0,
+            entries,
+            bytes,
+        }),
+        finished,
+    )
 }
 
 /// Keys the task will probably move: every database's size times the task's share of the slots

@@ -46,11 +46,13 @@ pub struct ClusterConfig {
     pub compression_strategy: CompressionStrategy,
     /// Longest a migration may run before it is reported as failed, in seconds.
     pub migration_max_migration_time: u64,
-    /// Longest the server may be blocked by one migration step, in milliseconds.
+    /// Longest the server may be blocked by one migration step, in milliseconds (caps the mover's
+    /// tick budget when below it).
     pub migration_max_blocking_time: u64,
-    /// Pause between two scan steps of a migration, in microseconds.
+    /// Pause between two scan steps of a migration, in microseconds (the mover's pause between
+    /// busy ticks when longer than its own).
     pub migration_scan_interval: u64,
-    /// Keys visited per scan step of a migration.
+    /// Keys visited per scan step of a migration (accepted; `RedisModule_Scan` has no count).
     pub migration_scan_count: u64,
 }
 

@@ -17,6 +17,14 @@ LOW, HIGH = 0, 8191  # the range that moves
 KEEP, DST_OWN = "8192-15999", "16000-16383"
 
 
+def connect(node):
+    """A raw connection to `node`, authenticated when the test gave it a password."""
+    c = RawConnection(node.port)
+    if getattr(node, "password", None):
+        assert c.call("AUTH", node.password) == "OK"
+    return c
+
+
 def meta(src, dst, mepoch=1):
     return [str(mepoch), src.addr, src.addr, dst.addr, dst.addr]
 
@@ -31,25 +39,30 @@ def push_stable(epoch, src, dst, src_ranges="0-15999", dst_ranges=DST_OWN):
         return ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
                 *group(me.addr, mine), "PEER", *group(other.addr, theirs)]
     for node, other, mine, theirs in ((src, dst, src_ranges, dst_ranges), (dst, src, dst_ranges, src_ranges)):
-        with RawConnection(node.port) as c:
+        with connect(node) as c:
             assert c.call(*args(node, other, mine, theirs)) == "OK"
 
 
-def push_migrating(epoch, src, dst, mepoch=1, source_only=False):
-    """Source keeps 8192-16383 and migrates 0-8191 to the destination."""
+def push_migrating(epoch, src, dst, mepoch=1, source_only=False, destination_only=False, config=()):
+    """Source keeps 8192-16383 and migrates 0-8191 to the destination; `config` (field, value, ...)
+    goes to the source as the push's CONFIG section."""
     m = meta(src, dst, mepoch)
     src_args = ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
                 src.addr, "1", KEEP,
                 src.addr, "migrating", "1", f"{LOW}-{HIGH}", *m,
                 "PEER", dst.addr, "1", DST_OWN, dst.addr, "importing", "1", f"{LOW}-{HIGH}", *m]
+    if config:
+        src_args += ["CONFIG", *map(str, config)]
     dst_args = ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
                 dst.addr, "1", DST_OWN, dst.addr, "importing", "1", f"{LOW}-{HIGH}", *m,
                 "PEER", src.addr, "1", KEEP,
                 src.addr, "migrating", "1", f"{LOW}-{HIGH}", *m]
     if not source_only:
-        with RawConnection(dst.port) as c:
+        with connect(dst) as c:
             assert c.call(*dst_args) == "OK"
-    with RawConnection(src.port) as c:
+    if destination_only:
+        return
+    with connect(src) as c:
         assert c.call(*src_args) == "OK"
 
 
@@ -58,7 +71,7 @@ def push_committed(epoch, src, dst):
 
 
 def migrations(node):
-    with RawConnection(node.port) as c:
+    with connect(node) as c:
         reply = c.call("UMCTL", "MIGRATIONS")
     out = []
     for entry in reply:
@@ -68,7 +81,7 @@ def migrations(node):
 
 
 def infomgr(node):
-    with RawConnection(node.port) as c:
+    with connect(node) as c:
         return c.call("UMCTL", "INFOMGR")
 
 
@@ -180,6 +193,37 @@ def test_moves_every_type_with_ttls_from_every_database(servers):
     assert value(cc, k) == before[0][k][0]
 
 
+class ClusterLoad:
+    """Runs `step(cluster_client, i)` for i = 0, 1, ... in a thread until the `with` block ends;
+    `steps` counts the steps begun, `errors` keeps every exception (anything redis-py could not
+    retry, or a bug)."""
+
+    def __init__(self, node, step):
+        self.node, self.step = node, step
+        self.steps, self.errors = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        cc = self.node.cluster_client()
+        i = 0
+        while not self._stop.is_set():
+            self.steps = i
+            try:
+                self.step(cc, i)
+            except Exception as e:
+                self.errors.append(repr(e))
+            i += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
 def test_redirects_key_by_key_while_the_destination_is_down(servers):
     src, dst = servers.start_many(2)
     push_stable(1, src, dst)
@@ -231,42 +275,30 @@ def test_no_acknowledged_write_is_lost_under_load(servers):
     pipe.execute()
 
     acked = {k: 0 for k in counters}
-    created, deleted, errors = [], [], []
-    stop = threading.Event()
+    created, deleted = [], []
 
-    def load():
-        cc = src.cluster_client()
-        i = 0
-        while not stop.is_set():
-            k = counters[i % len(counters)]
-            try:
-                cc.incr(k)
-                acked[k] += 1
-                if i % 7 == 0:
-                    n = f"new:{i}"
-                    cc.set(n, i, ex=3600)
-                    created.append((n, i))
-                if i % 11 == 0 and doomed:
-                    d = doomed.pop()
-                    cc.delete(d)
-                    deleted.append(d)
-            except Exception as e:  # anything redis-py could not retry (or a bug)
-                errors.append(repr(e))
-            i += 1
+    def step(cc, i):
+        k = counters[i % len(counters)]
+        cc.incr(k)
+        acked[k] += 1
+        if i % 7 == 0:
+            n = f"new:{i}"
+            cc.set(n, i, ex=3600)
+            created.append((n, i))
+        if i % 11 == 0 and doomed:
+            d = doomed.pop()
+            cc.delete(d)
+            deleted.append(d)
 
-    t = threading.Thread(target=load)
-    t.start()
-    try:
+    with ClusterLoad(src, step) as load:
         wait_until(lambda: sum(acked.values()) > 200, timeout=20, what="load running")
         push_migrating(2, src, dst)
         wait_until(lambda: task_done(src), timeout=120, what="migration done under load")
         push_committed(3, src, dst)
         n = sum(acked.values())
-        wait_until(lambda: sum(acked.values()) > n + 200 or errors, timeout=20, what="load continues after commit")
-    finally:
-        stop.set()
-        t.join(30)
-    assert errors == [], errors[:5]
+        wait_until(lambda: sum(acked.values()) > n + 200 or load.errors, timeout=20,
+                   what="load continues after commit")
+    assert load.errors == [], load.errors[:5]
     cc = src.cluster_client()
     for k, v in acked.items():
         assert int(cc.get(k)) == v, f"{k}: {cc.get(k)} != {v} acknowledged increments"
@@ -296,6 +328,65 @@ def test_replica_of_the_source_stays_identical(servers):
     wait_until(lambda: rep.client().execute_command("DEBUG", "DIGEST") == c.execute_command("DEBUG", "DIGEST"),
                timeout=30, what="replica digest equals the source's")
     assert rep.client().dbsize() == c.dbsize() < 2000
+
+
+def test_replicas_of_both_sides_stay_identical_under_writes_during_the_move(servers):
+    src, dst, src_rep, dst_rep = servers.start_many(4)
+    push_stable(1, src, dst)
+    src_rep.client().replicaof("127.0.0.1", src.port)
+    dst_rep.client().replicaof("127.0.0.1", dst.port)
+    c = src.client()
+    moving = keys_in(LOW, HIGH, "w", 20000)
+    pipe = c.pipeline(transaction=False)
+    for i, k in enumerate(moving):
+        pipe.set(k, i)
+        if i % 3 == 0:
+            pipe.expire(k, 3600)
+    pipe.execute()
+    wait_until(lambda: src_rep.client().dbsize() == len(moving), timeout=30, what="source replica synced")
+    def step(cc, i):
+        k = moving[(i * 7) % len(moving)]
+        if i % 5 == 0:
+            cc.delete(k)
+        elif i % 5 == 1:
+            cc.set(f"{k}:new{i}", i)
+        else:
+            cc.incr(k)
+
+    with ClusterLoad(src, step) as load:
+        wait_until(lambda: load.steps > 100, timeout=20, what="writes running")
+        before = load.steps
+        # The mover alone finishes 20,000 keys faster than the writes can start to overlap it on a
+        # fast machine: 1 ms ticks every 20 ms make the move last seconds instead.
+        push_migrating(2, src, dst, config=("migration_max_blocking_time", 1, "migration_scan_interval", 20000))
+        wait_until(lambda: task_done(src), timeout=120, what="migration done under writes")
+        during = load.steps - before
+    assert load.errors == [], load.errors[:5]
+    assert during > 50, f"only {during} writes overlapped the move"
+    for master, replica in ((src, src_rep), (dst, dst_rep)):
+        m = master.client()
+        m.execute_command("WAIT", 1, 5000)
+        wait_until(lambda: replica.client().execute_command("DEBUG", "DIGEST")
+                   == m.execute_command("DEBUG", "DIGEST"),
+                   timeout=30, what=f"replica of {master.addr} identical to it")
+    assert all(key_slot(k) > HIGH for k in src.client().scan_iter(count=1000)), "a moving key stayed"
+    assert dst.client().dbsize() > 0
+
+
+def test_a_watched_key_that_moves_fails_the_transaction(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    k, other = keys_in(LOW, HIGH, "watched", 1)[0], keys_in(HIGH + 1, 15999, "other", 1)[0]
+    c.set(k, "v")
+    with RawConnection(src.port) as r:
+        assert r.call("WATCH", k) == "OK"
+        push_migrating(2, src, dst)
+        wait_until(lambda: task_done(src), timeout=30, what="migration done")
+        assert r.call("MULTI") == "OK"
+        assert r.call("SET", other, "x") == "QUEUED"
+        assert r.call("EXEC") is None, "the watched key left: EXEC must fail"
+    assert c.get(other) is None
 
 
 def test_a_transaction_queued_before_its_keys_moved_is_aborted(servers):
@@ -396,3 +487,154 @@ def test_a_restarted_source_resumes_the_move_from_its_config_file(servers, tmp_p
     cc = src.cluster_client()
     assert [cc.get(k) for k in names] == names
     assert all(cc.ttl(k) > 0 for k in names[:20])
+
+
+TRYAGAIN = Err("TRYAGAIN Multiple keys request during rehashing of slot")
+
+
+def open_with_paused_destination(src, dst, pause_ms):
+    """Destination importing and paused (it takes the mover's connection but answers nothing),
+    then the source migrating: the first batch is on its way and cannot be acknowledged."""
+    push_migrating(2, src, dst, destination_only=True)
+    dst.client().execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+    push_migrating(2, src, dst, source_only=True)
+
+
+def wait_fenced(src, key):
+    """Until a write of `key` on the source answers TRYAGAIN (its copy is on its way)."""
+    def fenced():
+        with RawConnection(src.port) as r:
+            return r.call("SETRANGE", key, 0, "") == TRYAGAIN
+    wait_until(fenced, timeout=10, what=f"{key} fenced on the source")
+
+
+def test_keys_on_their_way_take_no_writes_until_the_destination_answers(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    keys = keys_in(LOW, HIGH, "f", 20)
+    for k in keys:
+        c.set(k, "old")
+    h = keys_in(LOW, HIGH, "fh", 1)[0]
+    c.hset(h, mapping={"a": "1"})
+    absent = keys_in(LOW, HIGH, "nothere", 1)[0]
+    open_with_paused_destination(src, dst, 2500)
+    wait_fenced(src, keys[1])
+    with RawConnection(src.port) as r:
+        # Reads of a key whose copy is on its way are served here: the value cannot change.
+        assert r.call("GET", keys[1]) == "old"
+        for cmd in (("SET", keys[1], "new"), ("INCR", keys[2]), ("DEL", keys[3]),
+                    ("EXPIRE", keys[4], 10), ("HSET", h, "b", "2")):
+            assert r.call(*cmd) == TRYAGAIN, cmd
+        # A key that is not here still goes to the destination.
+        assert r.call("GET", absent) == Err(f"ASK {key_slot(absent)} {dst.addr}")
+    assert src.client().info("umcluster")["umcluster_migration_fenced"] >= 5
+    # The destination answers: the keys move, with the values they had when they were fenced.
+    wait_until(lambda: task_done(src), timeout=30, what="migration done")
+    with RawConnection(src.port) as r:
+        assert r.call("SET", keys[1], "new") == Err(f"ASK {key_slot(keys[1])} {dst.addr}")
+    push_committed(3, src, dst)
+    d = dst.client()
+    assert [d.get(k) for k in keys] == ["old"] * len(keys)
+    assert d.hgetall(h) == {"a": "1"}
+    assert src.client().dbsize() == 0
+
+
+def test_keys_removed_here_while_on_their_way_are_removed_on_the_destination_too(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    keys = keys_in(LOW, HIGH, "t", 10)
+    for k in keys:
+        c.set(k, "v")
+    open_with_paused_destination(src, dst, 2000)
+    wait_fenced(src, keys[0])
+    # Gone here behind the fence (FLUSHDB touches no key the router sees): the destination is
+    # about to get a copy, so a read must not be sent there (it would find the copy) -- it waits.
+    assert c.flushdb()
+    with RawConnection(src.port) as r:
+        assert r.call("GET", keys[0]) == TRYAGAIN
+    wait_until(lambda: task_done(src), timeout=30, what="migration done")
+    push_committed(3, src, dst)
+    # The copies were followed by tombstones: nothing comes back.
+    d = dst.client()
+    assert [d.exists(k) for k in keys] == [0] * len(keys), migrations(src)
+    assert d.dbsize() == 0
+
+
+def test_batches_a_failed_destination_may_have_received_stay_fenced_and_are_sent_again(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    keys = keys_in(LOW, HIGH, "k", 30)
+    for k in keys:
+        c.set(k, "v1")
+    dst_port = dst.port
+    open_with_paused_destination(src, dst, 60_000)
+    wait_fenced(src, keys[0])
+    # The destination dies with the batch written to it and unanswered.
+    dst.stop()
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="source noticed the destination is gone")
+    with RawConnection(src.port) as r:
+        assert r.call("SET", keys[0], "v2") == TRYAGAIN, "it may be on the destination: still fenced"
+        assert r.call("GET", keys[0]) == "v1"
+    dst.start(port=dst_port)
+    push_migrating(3, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done after the destination came back")
+    push_committed(4, src, dst)
+    d = dst.client()
+    assert [d.get(k) for k in keys] == ["v1"] * len(keys)
+    assert src.client().dbsize() == 0
+
+
+def test_a_destination_that_requires_a_password_gets_the_sources_masterauth(servers):
+    src, dst = servers.start_many(2)
+    dst.client().config_set("requirepass", "s3cret")
+    dst.password = "s3cret"
+    push_stable(1, src, dst)
+    c = src.client()
+    keys = keys_in(LOW, HIGH, "pw", 50)
+    for k in keys:
+        c.set(k, "v")
+    # Without credentials the destination refuses every RESTORE: nothing moves, nothing is lost.
+    push_migrating(2, src, dst)
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="the destination refused the mover")
+    (task,) = migrations(src)
+    assert "NOAUTH" in task["last_error"], task
+    assert c.dbsize() == len(keys)
+    # The credentials a replica would use towards a master are the mover's too.
+    c.config_set("masterauth", "s3cret")
+    wait_until(lambda: task_done(src), timeout=30, what="migration done with masterauth")
+    push_committed(3, src, dst)
+    d = dst.client(password="s3cret")
+    assert [d.get(k) for k in keys] == ["v"] * len(keys)
+    assert c.dbsize() == 0
+
+
+def test_string_values_of_every_length_form_arrive_byte_for_byte(servers):
+    """The mover builds string payloads itself (the destination's RESTORE checks them): every RDB
+    length form, binary bytes, integers and embedded strings arrive exactly, with their TTLs."""
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client(decode_responses=False)
+    sizes = [0, 1, 20, 44, 45, 63, 64, 100, 16383, 16384, 70000, 3_000_000]
+    names = keys_in(LOW, HIGH, "len", len(sizes) + 3)
+    expected = {}
+    for k, n in zip(names, sizes):
+        expected[k] = bytes((i * 31 + n) % 256 for i in range(n))
+    ints = names[len(sizes):]
+    for k, v in zip(ints, (b"12345", b"-7", b"9223372036854775807")):
+        expected[k] = v
+    for i, (k, v) in enumerate(expected.items()):
+        c.set(k, v, px=3_600_000 if i % 2 else None)
+    ttls = {k: c.pttl(k) for k in expected}
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    push_committed(3, src, dst)
+    d = dst.client(decode_responses=False)
+    for k, v in expected.items():
+        assert d.get(k) == v, (k, len(v))
+        assert same_ttl(d.pttl(k), ttls[k]), (k, d.pttl(k), ttls[k])
+    assert src.client().dbsize() == 0

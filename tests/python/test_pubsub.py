@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from conftest import create_cluster, info_fields, raw, wait_until
+from conftest import RawConnection, create_cluster, info_fields, raw, wait_until
 
 
 def subscriber(node, *channels):
@@ -97,3 +97,28 @@ def test_unconfigured_node_keeps_the_servers_publish(servers):
     assert next_message(sub)["data"] == "x"
     assert info_fields(node, "umcluster")["umcluster_publish_forwarded"] == "0"
     assert raw(node, "UMCTL", "GETEPOCH") == 0
+
+
+def test_forwarding_authenticates_with_masterauth(servers):
+    """Nodes that require a password: PUBLISH forwarding logs in with masteruser/masterauth (the
+    credentials a replica uses towards its master), read when a topology is pushed."""
+    a, b = servers.start_many(2)
+    for n in (a, b):
+        c = n.client()
+        c.config_set("masterauth", "pw")
+        c.config_set("requirepass", "pw")
+    for me, mine, peer, theirs in ((a, "0-8191", b, "8192-16383"), (b, "8192-16383", a, "0-8191")):
+        with RawConnection(me.port) as r:
+            assert r.call("AUTH", "pw") == "OK"
+            assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "pw", me.addr, "1", mine,
+                          "PEER", peer.addr, "1", theirs) == "OK"
+    sub_client = b.client(password="pw")
+    p = sub_client.pubsub(ignore_subscribe_messages=True)
+    p.subscribe("secure")
+    wait_until(lambda: sub_client.pubsub_numsub("secure")[0][1] == 1, timeout=5, what="subscription")
+    with a.client(password="pw") as pub:
+        pub.publish("secure", "hello")
+    m = next_message(p)
+    assert m is not None and m["data"] == "hello", "the forwarded PUBLISH was refused (no AUTH?)"
+    p.close()
+    sub_client.close()

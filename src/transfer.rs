@@ -1,0 +1,616 @@
+//! The wire side of slot migration: turning the keys the main thread collected into pipelined
+//! `RESTORE ... REPLACE ABSTTL` commands and sending them to the destination from a background
+//! thread, so the source's event loop never waits for the network or for the destination.
+//!
+//! A [`Link`] is one connection to one destination, with two threads: the writer encodes each
+//! [`Batch`] and writes it (strings are turned into `DUMP` payloads here, CRC64 included, so the
+//! main thread only copies bytes); the reader counts the replies of every batch in order and
+//! reports [`Event`]s back. The main thread owns the batches (shared through `Arc`) and decides
+//! what an acknowledgement means (see `ffi::mover`); nothing here touches the server. A link that
+//! fails in any way reports [`Event::Down`] once and stops; the main thread then drops it and
+//! opens a new one later.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crc::{Crc, Table, CRC_64_REDIS};
+
+use crate::resp::{encode_command, itoa};
+
+/// The checksum `DUMP` payloads end with (Jones CRC-64, as the server computes it).
+const CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_REDIS);
+
+/// RDB version written into the payloads we build. A payload is accepted by every server whose
+/// own RDB version is at least this (Redis 6.0 and later); the string encoding has not changed
+/// since long before.
+const PAYLOAD_RDB_VERSION: u16 = 9;
+
+/// `RDB_TYPE_STRING`.
+const RDB_TYPE_STRING: u8 = 0;
+
+/// A key's value as it travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A string value; the writer builds its `DUMP` payload.
+    Str(Vec<u8>),
+    /// Any other type, serialized by the server's `DUMP` on the main thread.
+    Dump(Vec<u8>),
+    /// The key is gone here: remove the destination's copy. Sent as a `RESTORE` whose absolute
+    /// expiry lies in the past, which the destination answers by deleting the key (and
+    /// propagating a `DEL`); it is the only command the destination takes from the source.
+    Tombstone,
+}
+
+/// One key to move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Vec<u8>,
+    pub payload: Payload,
+    /// Absolute expiry in Unix milliseconds, 0 for none.
+    pub expire_at_ms: i64,
+}
+
+/// Keys of one logical database sent together; acknowledged as a whole.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub id: u64,
+    pub db: i32,
+    pub entries: Vec<Entry>,
+    /// Key names plus values (what the progress counters report).
+    pub bytes: u64,
+}
+
+/// What a link reports to the main thread, in batch order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Every key of the batch was restored on the destination.
+    Acked(u64),
+    /// The destination refused at least one key of the batch (the first error is given). The
+    /// link goes on; the main thread decides.
+    Refused { id: u64, error: String },
+    /// The connection could not be made: nothing was written. No further event comes.
+    Unreachable(String),
+    /// The connection failed or timed out after it was made; no further event comes.
+    Down(String),
+}
+
+/// Appends the `DUMP` payload of a string value: type, RDB length-prefixed bytes, RDB version,
+/// CRC64 of everything before it.
+pub fn string_dump_payload(value: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.push(RDB_TYPE_STRING);
+    rdb_len(value.len() as u64, out);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&PAYLOAD_RDB_VERSION.to_le_bytes());
+    let crc = CRC64.checksum(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// RDB length encoding (6-bit, 14-bit, 32-bit or 64-bit big-endian forms).
+fn rdb_len(len: u64, out: &mut Vec<u8>) {
+    if len < 1 << 6 {
+        out.push(len as u8);
+    } else if len < 1 << 14 {
+        out.push(0x40 | (len >> 8) as u8);
+        out.push(len as u8);
+    } else if len <= u32::MAX as u64 {
+        out.push(0x80);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    } else {
+        out.push(0x81);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// Appends the commands of `batch` to `out` (a `SELECT` first when the database differs from
+/// `selected`, which is updated) and returns how many replies they produce.
+pub fn encode_batch(batch: &Batch, selected: &mut Option<i32>, out: &mut Vec<u8>) -> usize {
+    let mut replies = 0;
+    if *selected != Some(batch.db) {
+        encode_command(
+            out,
+            &[b"SELECT".as_slice(), batch.db.to_string().as_bytes()],
+        );
+        *selected = Some(batch.db);
+        replies += 1;
+    }
+    let mut payload = Vec::new();
+    for e in &batch.entries {
+        let (data, ttl) = match &e.payload {
+            Payload::Dump(d) => (d.as_slice(), e.expire_at_ms.max(0)),
+            Payload::Str(value) => {
+                payload.clear();
+                string_dump_payload(value, &mut payload);
+                (payload.as_slice(), e.expire_at_ms.max(0))
+            }
+            Payload::Tombstone => {
+                payload.clear();
+                string_dump_payload(b"", &mut payload);
+                // 1 ms after the epoch: long expired.
+                (payload.as_slice(), 1)
+            }
+        };
+        let (digits, len) = itoa(ttl);
+        encode_command(
+            out,
+            &[
+                b"RESTORE".as_slice(),
+                &e.key,
+                &digits[..len],
+                data,
+                b"REPLACE",
+                b"ABSTTL",
+            ],
+        );
+        replies += 1;
+    }
+    replies
+}
+
+/// How a link connects: how long a connect, a write, or the wait for an owed reply may take
+/// before the link is declared down, and the credentials the destination wants.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    /// `AUTH [user] password` sent before anything else, when set.
+    pub auth: Option<Credentials>,
+}
+
+/// A user (`None`: the default user) and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl Credentials {
+    /// `AUTH [user] password` as a RESP command.
+    pub fn auth_command(&self) -> Vec<u8> {
+        let mut cmd = Vec::new();
+        match &self.user {
+            Some(user) => encode_command(
+                &mut cmd,
+                &[
+                    b"AUTH".as_slice(),
+                    user.as_bytes(),
+                    self.password.as_bytes(),
+                ],
+            ),
+            None => encode_command(&mut cmd, &[b"AUTH".as_slice(), self.password.as_bytes()]),
+        }
+        cmd
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, ***)", self.user)
+    }
+}
+
+/// The `AUTH` handshake, before any batch is written: an error means nothing was sent, except
+/// the one a server without passwords gives (then nothing is needed).
+fn authenticate(
+    stream: &mut TcpStream,
+    auth: &Credentials,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let cmd = auth.auth_command();
+    stream.write_all(&cmd).map_err(|e| format!("AUTH: {e}"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match std::io::Read::read(stream, &mut byte) {
+            Ok(0) => return Err("AUTH: connection closed".into()),
+            Ok(_) => line.push(byte[0]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) && Instant::now() < deadline => {}
+            Err(e) => return Err(format!("AUTH: {e}")),
+        }
+        if line.len() > 4096 {
+            return Err("AUTH: reply too long".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+    if text == "+OK" || text.contains("without any password configured") {
+        Ok(())
+    } else {
+        Err(format!("AUTH refused: {}", text.trim_start_matches('-')))
+    }
+}
+
+/// One connection to a destination, driven by two threads. Dropping it closes the connection and
+/// lets the threads end.
+pub struct Link {
+    /// Destination address, for messages.
+    pub addr: String,
+    batches: Option<Sender<Arc<Batch>>>,
+    events: Receiver<Event>,
+    stream: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl Link {
+    /// Starts connecting to `host:port` in the background; batches sent before the connection is
+    /// up are written once it is.
+    pub fn open(host: &str, port: u16, config: LinkConfig) -> Link {
+        let (batch_tx, batch_rx) = mpsc::channel::<Arc<Batch>>();
+        let (event_tx, event_rx) = mpsc::channel::<Event>();
+        let stream = Arc::new(Mutex::new(None));
+        let target = (host.to_string(), port);
+        let shared = Arc::clone(&stream);
+        let failed = event_tx.clone();
+        let spawned = thread::Builder::new()
+            .name("umcluster-migrate-tx".into())
+            .spawn(move || writer(target, config, batch_rx, event_tx, shared));
+        let link = Link {
+            addr: format!("{host}:{port}"),
+            batches: Some(batch_tx),
+            events: event_rx,
+            stream,
+        };
+        if let Err(e) = spawned {
+            let _ = failed.send(Event::Unreachable(format!(
+                "cannot start the sender thread: {e}"
+            )));
+        }
+        link
+    }
+
+    /// Queues a batch for sending. False when the link is already down.
+    pub fn send(&self, batch: Arc<Batch>) -> bool {
+        self.batches
+            .as_ref()
+            .is_some_and(|tx| tx.send(batch).is_ok())
+    }
+
+    /// The events reported since the last call, in order.
+    pub fn poll(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Link({})", self.addr)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Closing the batch channel ends the writer; shutting the socket down ends the reader.
+        self.batches = None;
+        if let Ok(guard) = self.stream.lock() {
+            if let Some(s) = guard.as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Connects to `host:port` (a bare IPv6 address works too: no brackets needed).
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = format!("{host}:{port}");
+    let mut last = format!("{addr}: no address");
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// The writer thread: connects, starts the reader, then writes every batch it is given.
+fn writer(
+    (host, port): (String, u16),
+    config: LinkConfig,
+    batches: Receiver<Arc<Batch>>,
+    events: Sender<Event>,
+    shared: Arc<Mutex<Option<TcpStream>>>,
+) {
+    let addr = format!("{host}:{port}");
+    let mut stream = match connect(&host, port, config.connect_timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events.send(Event::Unreachable(format!("connect {e}")));
+            return;
+        }
+    };
+    let setup = (|| {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(config.reply_timeout))?;
+        let read_half = stream.try_clone()?;
+        read_half.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let keep = stream.try_clone()?;
+        Ok::<_, std::io::Error>((read_half, keep))
+    })();
+    let (read_half, keep) = match setup {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = events.send(Event::Down(format!("{addr}: {e}")));
+            return;
+        }
+    };
+    match shared.lock() {
+        Ok(mut guard) => *guard = Some(keep),
+        Err(_) => return,
+    }
+    if let Some(auth) = &config.auth {
+        if let Err(e) = authenticate(&mut stream, auth, config.reply_timeout) {
+            let _ = events.send(Event::Unreachable(format!("{addr}: {e}")));
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    let (owed_tx, owed_rx) = mpsc::channel::<(u64, usize)>();
+    let reader_events = events.clone();
+    let reply_timeout = config.reply_timeout;
+    let reader_addr = addr.clone();
+    if let Err(e) = thread::Builder::new()
+        .name("umcluster-migrate-rx".into())
+        .spawn(move || {
+            reader(
+                reader_addr,
+                read_half,
+                reply_timeout,
+                owed_rx,
+                reader_events,
+            )
+        })
+    {
+        let _ = events.send(Event::Down(format!("cannot start the reader thread: {e}")));
+        return;
+    }
+
+    let mut selected = None;
+    let mut buf = Vec::new();
+    while let Ok(batch) = batches.recv() {
+        buf.clear();
+        let replies = encode_batch(&batch, &mut selected, &mut buf);
+        if owed_tx.send((batch.id, replies)).is_err() {
+            return; // The reader stopped and has reported why.
+        }
+        if let Err(e) = stream.write_all(&buf) {
+            let _ = events.send(Event::Down(format!("{addr}: write: {e}")));
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    // The link was dropped: close, so the reader ends too.
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// The reader thread: reads the replies owed for each batch, in order, and reports each batch.
+fn reader(
+    addr: String,
+    stream: TcpStream,
+    reply_timeout: Duration,
+    owed: Receiver<(u64, usize)>,
+    events: Sender<Event>,
+) {
+    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let mut line = Vec::new();
+    loop {
+        let (id, replies) = match owed.recv_timeout(Duration::from_secs(1)) {
+            Ok(next) => next,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut first_error: Option<String> = None;
+        for _ in 0..replies {
+            let deadline = Instant::now() + reply_timeout;
+            line.clear();
+            loop {
+                match input.read_until(b'\n', &mut line) {
+                    Ok(0) => {
+                        let _ = events.send(Event::Down(format!("{addr}: connection closed")));
+                        return;
+                    }
+                    Ok(_) if line.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if Instant::now() >= deadline {
+                            let _ = events.send(Event::Down(format!(
+                                "{addr}: no reply within {} ms",
+                                reply_timeout.as_millis()
+                            )));
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = events.send(Event::Down(format!("{addr}: read: {e}")));
+                        return;
+                    }
+                }
+            }
+            match line.first() {
+                Some(b'+') => {}
+                Some(b'-') if first_error.is_none() => {
+                    let text = String::from_utf8_lossy(&line[1..]);
+                    first_error = Some(text.trim_end().to_string());
+                }
+                Some(b'-') => {}
+                _ => {
+                    let _ = events.send(Event::Down(format!(
+                        "{addr}: unexpected reply {:?}",
+                        String::from_utf8_lossy(&line).trim_end()
+                    )));
+                    return;
+                }
+            }
+        }
+        let event = match first_error {
+            None => Event::Acked(id),
+            Some(error) => Event::Refused { id, error },
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_payload_matches_the_servers_dump() {
+        // `DUMP` of "hello" from redis-server 7.0 (RDB version 10).
+        let server = b"\x00\x05hello\x0a\x00cr\xdfve4 \x0a";
+        let mut body = vec![RDB_TYPE_STRING];
+        rdb_len(5, &mut body);
+        body.extend_from_slice(b"hello");
+        body.extend_from_slice(&10u16.to_le_bytes());
+        assert_eq!(&body[..], &server[..server.len() - 8]);
+        let crc = CRC64.checksum(&body).to_le_bytes();
+        assert_eq!(&crc, &server[server.len() - 8..]);
+    }
+
+    #[test]
+    fn string_payload_layout() {
+        let mut out = Vec::new();
+        string_dump_payload(b"abc", &mut out);
+        assert_eq!(&out[..5], b"\x00\x03abc");
+        assert_eq!(&out[5..7], &PAYLOAD_RDB_VERSION.to_le_bytes());
+        assert_eq!(out.len(), 5 + 2 + 8);
+        let crc = CRC64.checksum(&out[..7]).to_le_bytes();
+        assert_eq!(&out[7..], &crc);
+    }
+
+    #[test]
+    fn rdb_lengths_use_the_shortest_form() {
+        let enc = |n: u64| {
+            let mut v = Vec::new();
+            rdb_len(n, &mut v);
+            v
+        };
+        assert_eq!(enc(0), vec![0]);
+        assert_eq!(enc(63), vec![63]);
+        assert_eq!(enc(64), vec![0x40, 64]);
+        assert_eq!(enc(16383), vec![0x7f, 0xff]);
+        assert_eq!(enc(16384), vec![0x80, 0, 0, 0x40, 0]);
+        assert_eq!(enc(1 << 32), vec![0x81, 0, 0, 0, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn batches_select_their_database_once() {
+        let batch = |db| Batch {
+            id: 1,
+            db,
+            entries: vec![Entry {
+                key: b"k".to_vec(),
+                payload: Payload::Dump(b"P".to_vec()),
+                expire_at_ms: 0,
+            }],
+            bytes: 2,
+        };
+        let mut selected = None;
+        let mut out = Vec::new();
+        assert_eq!(encode_batch(&batch(3), &mut selected, &mut out), 2);
+        assert!(out.starts_with(b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"));
+        assert!(out.ends_with(
+            b"*6\r\n$7\r\nRESTORE\r\n$1\r\nk\r\n$1\r\n0\r\n$1\r\nP\r\n$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n"
+        ));
+        out.clear();
+        assert_eq!(encode_batch(&batch(3), &mut selected, &mut out), 1);
+        assert!(out.starts_with(b"*6\r\n$7\r\nRESTORE"));
+        assert_eq!(encode_batch(&batch(0), &mut selected, &mut out), 2);
+    }
+
+    #[test]
+    fn a_link_reaches_a_bare_ipv6_address_and_matches_replies_to_batches() {
+        use std::io::Read;
+        // Not every sandbox has IPv6 loopback: nothing to check then.
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let link = Link::open(
+            "::1",
+            port,
+            LinkConfig {
+                connect_timeout: Duration::from_secs(2),
+                reply_timeout: Duration::from_secs(2),
+                auth: None,
+            },
+        );
+        let batch = Batch {
+            id: 7,
+            db: 0,
+            entries: vec![Entry {
+                key: b"k".to_vec(),
+                payload: Payload::Str(b"v".to_vec()),
+                expire_at_ms: 0,
+            }],
+            bytes: 2,
+        };
+        assert!(link.send(Arc::new(batch)));
+        let (mut peer, _) = listener.accept().unwrap();
+        // SELECT 0 and one RESTORE: two commands, two replies.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.windows(6).filter(|w| w == b"ABSTTL").count() < 1 {
+            let n = peer.read(&mut buf).unwrap();
+            assert!(n > 0, "link closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"*2\r\n$6\r\nSELECT\r\n"));
+        peer.write_all(b"+OK\r\n+OK\r\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = link.poll().into_iter().next() {
+                assert_eq!(e, Event::Acked(7));
+                break;
+            }
+            assert!(Instant::now() < deadline, "no acknowledgement");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_link_to_a_closed_port_reports_down() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let link = Link::open(
+            "127.0.0.1",
+            port,
+            LinkConfig {
+                connect_timeout: Duration::from_millis(200),
+                reply_timeout: Duration::from_millis(200),
+                auth: None,
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = link.poll();
+            if let Some(e) = events.first() {
+                assert!(matches!(e, Event::Unreachable(_)), "{e:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no event");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
