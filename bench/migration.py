@@ -209,6 +209,7 @@ def main():
                 time.sleep(0.2)
 
         cpu0 = main_thread_cpu_s(src.proc.pid)
+        dst_cpu0 = main_thread_cpu_s(dst.proc.pid)
         mover0 = int(info_field(src.port, "umcluster", "umcluster_migration_cpu_us") or 0)
         t0 = time.monotonic()
         mig = subprocess.Popen([TOOL, "migrate", "--slots", f"0-{PROBE_SLOT - 1}", "--to", dst.addr, src.addr],
@@ -223,6 +224,7 @@ def main():
                 during.append(benchmark_rps(src.port, tag))
         seconds = time.monotonic() - t0
         main_cpu = main_thread_cpu_s(src.proc.pid) - cpu0
+        dst_cpu = main_thread_cpu_s(dst.proc.pid) - dst_cpu0
         mover_cpu = (int(info_field(src.port, "umcluster", "umcluster_migration_cpu_us") or 0) - mover0) / 1e6
         out = mig.stdout.read()
         stop.set()
@@ -246,6 +248,7 @@ def main():
               f"{main_cpu:.1f} s ({main_cpu / seconds:.0%} of the time), "
               f"of which moving keys {mover_cpu:.1f} s ({mover_cpu / main_cpu if main_cpu else 0:.0%}), "
               f"clients and the rest {main_cpu - mover_cpu:.1f} s")
+        print(f"destination main thread on CPU: {dst_cpu:.1f} s ({dst_cpu / seconds:.0%} of the time)")
         print(f"(source keeps {left:,} keys (slot {PROBE_SLOT} and probe keys), destination holds {on_dst:,}; "
               f"{len(during)} throughput runs during the move)")
         with open(os.path.join(src.dir, "redis.log"), errors="replace") as f:

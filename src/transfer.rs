@@ -159,6 +159,8 @@ pub struct LinkConfig {
     pub reply_timeout: Duration,
     /// `AUTH [user] password` sent before anything else, when set.
     pub auth: Option<Credentials>,
+    /// Called (on the link's threads) after each event is reported: lets the owner stop waiting.
+    pub wake: fn(),
 }
 
 /// A user (`None`: the default user) and password.
@@ -230,6 +232,24 @@ fn authenticate(
     }
 }
 
+/// The link's threads' side of the event channel: every event is followed by the owner's wake-up.
+#[derive(Clone)]
+struct Reporter {
+    events: Sender<Event>,
+    wake: fn(),
+}
+
+impl Reporter {
+    /// Reports `event`; false when the owner is gone (the link was dropped).
+    fn send(&self, event: Event) -> bool {
+        let sent = self.events.send(event).is_ok();
+        if sent {
+            (self.wake)();
+        }
+        sent
+    }
+}
+
 /// One connection to a destination, driven by two threads. Dropping it closes the connection and
 /// lets the threads end.
 pub struct Link {
@@ -250,9 +270,13 @@ impl Link {
         let target = (host.to_string(), port);
         let shared = Arc::clone(&stream);
         let failed = event_tx.clone();
+        let reporter = Reporter {
+            events: event_tx,
+            wake: config.wake,
+        };
         let spawned = thread::Builder::new()
             .name("umcluster-migrate-tx".into())
-            .spawn(move || writer(target, config, batch_rx, event_tx, shared));
+            .spawn(move || writer(target, config, batch_rx, reporter, shared));
         let link = Link {
             addr: format!("{host}:{port}"),
             batches: Some(batch_tx),
@@ -319,7 +343,7 @@ fn writer(
     (host, port): (String, u16),
     config: LinkConfig,
     batches: Receiver<Arc<Batch>>,
-    events: Sender<Event>,
+    events: Reporter,
     shared: Arc<Mutex<Option<TcpStream>>>,
 ) {
     let addr = format!("{host}:{port}");
@@ -400,7 +424,7 @@ fn reader(
     stream: TcpStream,
     reply_timeout: Duration,
     owed: Receiver<(u64, usize)>,
-    events: Sender<Event>,
+    events: Reporter,
 ) {
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
@@ -463,7 +487,7 @@ fn reader(
             None => Event::Acked(id),
             Some(error) => Event::Refused { id, error },
         };
-        if events.send(event).is_err() {
+        if !events.send(event) {
             return;
         }
     }
@@ -552,6 +576,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(2),
                 reply_timeout: Duration::from_secs(2),
                 auth: None,
+                wake: || {},
             },
         );
         let batch = Batch {
@@ -600,6 +625,7 @@ mod tests {
                 connect_timeout: Duration::from_millis(200),
                 reply_timeout: Duration::from_millis(200),
                 auth: None,
+                wake: || {},
             },
         );
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -150,6 +150,7 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
         events::subscribe(ctx)?;
         rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback));
         filter::set_exists_context(rm!(RedisModule_GetDetachedThreadSafeContext)(ctx));
+        super::mover::set_timer_context(rm!(RedisModule_GetDetachedThreadSafeContext)(ctx));
         if !client::locate_server_symbol() {
             log_warning(
                 "umcluster: the server does not export its 'server' symbol: client identity is \
@@ -258,7 +259,12 @@ fn unload() -> Status {
         );
         return Status::Err;
     }
+    if super::mover::tick_queued() {
+        log_warning("umcluster: refusing MODULE UNLOAD while a migration tick is queued");
+        return Status::Err;
+    }
     state::clear();
     filter::free_exists_context();
+    super::mover::free_timer_context();
     Status::Ok
 }
