@@ -101,16 +101,34 @@ pub const MIN_TICK_BUDGET: Duration = Duration::from_micros(200);
 /// Share of a busy event loop the mover leaves to the clients (percent).
 pub const CLIENT_SHARE_PERCENT: u32 = 70;
 
+/// Client CPU between two ticks one pass of the event loop apart below which the loop counts as
+/// idle: a pass that serves even a few ready clients costs more (a poll alone costs a few µs).
+pub const IDLE_PASS_CPU: Duration = Duration::from_micros(50);
+
+/// Whether the event loop was idle between the last tick and this one, from the CPU time the
+/// main thread spent on everything else in between (`None`: unknown). `chained`: the ticks were
+/// one pass of the loop apart (see the mover's one-shot scheduling); otherwise a timer's wait
+/// (1 ms or more) was in between and up to [`MIN_TICK_BUDGET`] of client work still counts as
+/// idle.
+pub fn loop_idle(client_cpu: Option<Duration>, chained: bool) -> bool {
+    let threshold = if chained {
+        IDLE_PASS_CPU
+    } else {
+        MIN_TICK_BUDGET
+    };
+    matches!(client_cpu, Some(c) if c < threshold)
+}
+
 /// How long a migration tick may work, from the CPU time the main thread spent on everything
 /// else since the previous tick ended (`None`: unknown). Clients that kept the loop busy for
 /// `c` get it back in the proportion [`CLIENT_SHARE_PERCENT`] : the rest (the tick gets
-/// `c * 30 / 70`), so a saturated node keeps 70 % of its throughput; a loop that was idle (only
-/// the 1 ms wait for the timer) gives the mover [`MAX_TICK_BUDGET`].
-pub fn tick_budget(client_cpu: Option<Duration>) -> Duration {
+/// `c * 30 / 70`), so a saturated node keeps 70 % of its throughput; an idle loop (see
+/// [`loop_idle`]) gives the mover [`MAX_TICK_BUDGET`].
+pub fn tick_budget(client_cpu: Option<Duration>, chained: bool) -> Duration {
     let Some(c) = client_cpu else {
         return MIN_TICK_BUDGET;
     };
-    if c < MIN_TICK_BUDGET {
+    if loop_idle(client_cpu, chained) {
         return MAX_TICK_BUDGET;
     }
     let share = c * (100 - CLIENT_SHARE_PERCENT) / CLIENT_SHARE_PERCENT;
@@ -632,14 +650,20 @@ mod tests {
     #[test]
     fn ticks_take_an_idle_loop_and_leave_a_busy_one_to_the_clients() {
         let ms = Duration::from_millis;
-        assert_eq!(tick_budget(Some(Duration::ZERO)), MAX_TICK_BUDGET);
-        assert_eq!(tick_budget(Some(ms(7))), ms(3));
-        assert_eq!(tick_budget(Some(ms(100))), MAX_TICK_BUDGET);
-        assert_eq!(
-            tick_budget(Some(Duration::from_micros(300))),
-            MIN_TICK_BUDGET
-        );
-        assert_eq!(tick_budget(None), MIN_TICK_BUDGET);
+        let us = Duration::from_micros;
+        for chained in [false, true] {
+            assert_eq!(tick_budget(Some(Duration::ZERO), chained), MAX_TICK_BUDGET);
+            assert_eq!(tick_budget(Some(ms(7)), chained), ms(3));
+            assert_eq!(tick_budget(Some(ms(100)), chained), MAX_TICK_BUDGET);
+            assert_eq!(tick_budget(Some(us(300)), chained), MIN_TICK_BUDGET);
+            assert_eq!(tick_budget(None, chained), MIN_TICK_BUDGET);
+        }
+        // After a timer's wait, a little client work is an idle loop; one pass of the loop
+        // apart, the same work is clients kept waiting by the previous tick.
+        assert_eq!(tick_budget(Some(us(120)), false), MAX_TICK_BUDGET);
+        assert_eq!(tick_budget(Some(us(120)), true), MIN_TICK_BUDGET);
+        assert!(loop_idle(Some(us(10)), true) && !loop_idle(Some(us(120)), true));
+        assert!(!loop_idle(None, false));
     }
 
     #[test]

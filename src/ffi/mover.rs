@@ -44,7 +44,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis_module::raw;
 
 use super::{call, guard, log_notice, log_warning, rm, string_bytes};
-use crate::migration::{tick_budget, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET};
+use crate::migration::{
+    loop_idle, tick_budget, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET,
+};
 use crate::resp::Value;
 use crate::slot::key_slot;
 use crate::state::{self, State};
@@ -85,6 +87,8 @@ thread_local! {
     static ARMED: Cell<Option<raw::RedisModuleTimerID>> = const { Cell::new(None) };
     /// A one-shot event will arm the next tick (see [`schedule_soon`]).
     static SOON_QUEUED: Cell<bool> = const { Cell::new(false) };
+    /// The last tick queued the next one for the next pass of the event loop.
+    static CHAINED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The last tick ended waiting for the destination: the next event the link reports should
@@ -160,9 +164,10 @@ pub fn tick_queued() -> bool {
 /// runs one-shot events when its module pipe is readable; the callback there arms a timer due
 /// at once, which the same pass of the loop fires (so the tick still runs with a timer's context,
 /// as every other tick). Falls back to the 1 ms timer on a server without one-shot events.
-unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) {
+/// Returns whether the tick was queued that way.
+unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) -> bool {
     if SOON_QUEUED.with(Cell::get) {
-        return;
+        return true;
     }
     let queued = match raw::RedisModule_EventLoopAddOneShot {
         Some(add) if !TIMER_CTX.load(Ordering::Relaxed).is_null() => {
@@ -175,6 +180,7 @@ unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) {
     } else {
         arm(ctx, TICK_PERIOD_MS);
     }
+    queued
 }
 
 /// The link's wake-up (called on its threads after each event): when the main thread waits for
@@ -222,7 +228,7 @@ extern "C" fn tick(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
     ARMED.with(|a| a.set(None));
     let started = Instant::now();
     let cpu_started = thread_cpu_time();
-    let budget = this_tick_budget(cpu_started);
+    let (budget, idle) = this_tick_budget(cpu_started);
     // SAFETY: the server calls timers on the main thread with a valid context.
     let next = guard(
         "the migration timer",
@@ -238,13 +244,27 @@ extern "C" fn tick(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
         OVER_BUDGET.with(|d| d.set((d.get() + over).min(Duration::from_secs(1))));
         let _ = state::try_with_mut(|st| st.stats.migration_cpu_us += cpu.as_micros() as u64);
     }
-    WAITING.store(next == Some(Next::After(TICK_PERIOD_MS)), Ordering::Release);
+    // Back to back only while the clients leave the loop idle: between chained ticks a closed
+    // loop of clients (each waiting for its replies) has little ready work at every pass, which
+    // would read as idle and hand the mover most of the loop; the timer's wait lets them run.
+    let next = match next {
+        Some(Next::Soon) if !idle => Some(Next::After(TICK_PERIOD_MS)),
+        next => next,
+    };
+    WAITING.store(
+        idle && next == Some(Next::After(TICK_PERIOD_MS)),
+        Ordering::Release,
+    );
     // SAFETY: as above.
-    match next {
+    let chained = match next {
         Some(Next::Soon) => unsafe { schedule_soon(ctx) },
-        Some(Next::After(period)) => unsafe { arm(ctx, period) },
-        None => {}
-    }
+        Some(Next::After(period)) => {
+            unsafe { arm(ctx, period) };
+            false
+        }
+        None => false,
+    };
+    CHAINED.with(|c| c.set(chained));
 }
 
 /// When a task wants its next tick.
@@ -256,26 +276,28 @@ enum Next {
     After(i64),
 }
 
-/// How long the tick starting now (main-thread CPU time `cpu_now`) may work: from the CPU the
+/// How long the tick starting now (main-thread CPU time `cpu_now`) may work, and whether the loop
+/// was idle since the last tick: from the CPU the
 /// clients used since the last tick (see `migration::tick_budget`), capped by the control
 /// plane's `migration_max_blocking_time` (ms; it lowers the cap, never raises it), minus CPU
 /// earlier ticks took beyond their budgets (a big key), which is paid back first.
-fn this_tick_budget(cpu_now: Option<Duration>) -> Duration {
+fn this_tick_budget(cpu_now: Option<Duration>) -> (Duration, bool) {
     let client_cpu = LAST_TICK_END_CPU
         .with(Cell::get)
         .zip(cpu_now)
         .map(|(a, b)| b.saturating_sub(a));
+    let chained = CHAINED.with(Cell::get);
     let cap_ms = state::try_with(|st| {
         st.topology
             .as_ref()
             .map_or(u64::MAX, |t| t.config.migration_max_blocking_time)
     })
     .unwrap_or(u64::MAX);
-    let base = tick_budget(client_cpu).min(Duration::from_millis(cap_ms.max(1)));
+    let base = tick_budget(client_cpu, chained).min(Duration::from_millis(cap_ms.max(1)));
     let debt = OVER_BUDGET.with(Cell::get);
     let budget = base.saturating_sub(debt).max(MIN_TICK_BUDGET);
     OVER_BUDGET.with(|d| d.set(debt.saturating_sub(base.saturating_sub(budget))));
-    budget
+    (budget, loop_idle(client_cpu, chained))
 }
 
 /// Logs a tick that held the event loop much longer than its budget (a huge key, a slow
