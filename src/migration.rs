@@ -191,6 +191,9 @@ pub struct Sent {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     pub link: Option<Link>,
+    /// How the next link delivers keys (`Restore` once a destination did not know the import
+    /// command).
+    pub delivery: crate::transfer::Delivery,
     /// Reported by `link` and not handled yet (a tick handles what its budget allows).
     pub events: VecDeque<crate::transfer::Event>,
     /// Handed to `link`, acknowledged in this order.

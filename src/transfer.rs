@@ -1,9 +1,11 @@
 //! The wire side of slot migration: turning the keys the main thread collected into pipelined
-//! `RESTORE ... REPLACE ABSTTL` commands and sending them to the destination from a background
-//! thread, so the source's event loop never waits for the network or for the destination.
+//! commands — one `umcluster.import` per batch (see `ffi::import`), or `RESTORE ... REPLACE
+//! ABSTTL` per key for a destination without this module — and sending them to the destination
+//! from a background thread, so the source's event loop never waits for the network or for the
+//! destination.
 //!
 //! A [`Link`] is one connection to one destination, with two threads: the writer encodes each
-//! [`Batch`] and writes it (strings are turned into `DUMP` payloads here, CRC64 included, so the
+//! [`Batch`] and writes it (any `DUMP` payload of a string is built here, CRC64 included, so the
 //! main thread only copies bytes); the reader counts the replies of every batch in order and
 //! reports [`Event`]s back. The main thread owns the batches (shared through `Arc`) and decides
 //! what an acknowledgement means (see `ffi::mover`); nothing here touches the server. A link that
@@ -35,13 +37,14 @@ const RDB_TYPE_STRING: u8 = 0;
 /// A key's value as it travels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    /// A string value; the writer builds its `DUMP` payload.
+    /// A string value (sent as itself in an import, as a `DUMP` payload the writer builds when it
+    /// looks like an integer or goes by `RESTORE`).
     Str(Vec<u8>),
     /// Any other type, serialized by the server's `DUMP` on the main thread.
     Dump(Vec<u8>),
-    /// The key is gone here: remove the destination's copy. Sent as a `RESTORE` whose absolute
-    /// expiry lies in the past, which the destination answers by deleting the key (and
-    /// propagating a `DEL`); it is the only command the destination takes from the source.
+    /// The key is gone here: remove the destination's copy. A `T` entry of an import; by
+    /// `RESTORE`, one whose absolute expiry lies in the past, which the destination answers by
+    /// deleting the key (and propagating a `DEL`).
     Tombstone,
 }
 
@@ -106,6 +109,134 @@ fn rdb_len(len: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// The destination's command for a batch (see `ffi::import`):
+/// `umcluster.import <db> <key> <spec> <value> [<key> <spec> <value> ...]`.
+pub const IMPORT_COMMAND: &str = "umcluster.import";
+
+/// How a link delivers keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// One `umcluster.import` per batch: a destination running this module.
+    #[default]
+    Import,
+    /// One `RESTORE ... REPLACE ABSTTL` per key: any destination (one without the module
+    /// answers `umcluster.import` with "unknown command", and the mover falls back to this).
+    Restore,
+}
+
+/// What an import entry carries, the first byte of its spec argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportKind {
+    /// `S`: the value is the string itself.
+    Str,
+    /// `D`: the value is a `DUMP` payload (restored as `RESTORE` would).
+    Dump,
+    /// `T`: delete the key; the value is empty.
+    Tombstone,
+}
+
+/// The spec argument of an import entry: the kind's letter, then the absolute expiry in Unix
+/// milliseconds when there is one (`S`, `S1700000000000`, `D`, `T`).
+pub fn import_spec(kind: ImportKind, expire_at_ms: i64) -> ([u8; 24], usize) {
+    let mut out = [0u8; 24];
+    out[0] = match kind {
+        ImportKind::Str => b'S',
+        ImportKind::Dump => b'D',
+        ImportKind::Tombstone => b'T',
+    };
+    let mut len = 1;
+    if expire_at_ms > 0 && kind != ImportKind::Tombstone {
+        let (digits, n) = itoa(expire_at_ms);
+        out[1..1 + n].copy_from_slice(&digits[..n]);
+        len += n;
+    }
+    (out, len)
+}
+
+/// Parses a spec written by [`import_spec`]: the kind and the expiry (0 for none). `None` for
+/// anything else.
+pub fn parse_import_spec(spec: &[u8]) -> Option<(ImportKind, i64)> {
+    let (&letter, digits) = spec.split_first()?;
+    let kind = match letter {
+        b'S' => ImportKind::Str,
+        b'D' => ImportKind::Dump,
+        b'T' => ImportKind::Tombstone,
+        _ => return None,
+    };
+    if digits.is_empty() {
+        return Some((kind, 0));
+    }
+    if kind == ImportKind::Tombstone || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let ms = digits
+        .iter()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    (ms > 0).then_some((kind, ms))
+}
+
+/// Whether the server would store `value` as an integer (`OBJECT ENCODING` "int"): the
+/// canonical decimal form of a 64-bit integer. Such strings travel as `DUMP` payloads, whose
+/// `RESTORE` re-encodes them, so a moved counter takes as little memory as it did.
+fn integer_like(value: &[u8]) -> bool {
+    value.len() <= 20
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .is_some_and(|n| {
+                let (digits, len) = itoa(n);
+                &digits[..len] == value
+            })
+}
+
+/// Appends the `umcluster.import` command of `batch` to `out`; it produces one reply.
+pub fn encode_import(batch: &Batch, out: &mut Vec<u8>) -> usize {
+    // Integer-like strings go as payloads, built first so the argument list can borrow them.
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    for e in &batch.entries {
+        if let Payload::Str(value) = &e.payload {
+            if integer_like(value) {
+                let mut p = Vec::with_capacity(value.len() + 16);
+                string_dump_payload(value, &mut p);
+                payloads.push(p);
+            }
+        }
+    }
+    let specs: Vec<([u8; 24], usize)> = batch
+        .entries
+        .iter()
+        .map(|e| {
+            let kind = match &e.payload {
+                Payload::Str(v) if integer_like(v) => ImportKind::Dump,
+                Payload::Str(_) => ImportKind::Str,
+                Payload::Dump(_) => ImportKind::Dump,
+                Payload::Tombstone => ImportKind::Tombstone,
+            };
+            import_spec(kind, e.expire_at_ms)
+        })
+        .collect();
+    let (db, db_len) = itoa(i64::from(batch.db));
+    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 3 * batch.entries.len());
+    args.push(IMPORT_COMMAND.as_bytes());
+    args.push(&db[..db_len]);
+    let mut next_payload = payloads.iter();
+    for (e, (spec, spec_len)) in batch.entries.iter().zip(&specs) {
+        args.push(&e.key);
+        args.push(&spec[..*spec_len]);
+        args.push(match &e.payload {
+            Payload::Str(_) if spec[0] == b'D' => {
+                next_payload.next().map_or(&[][..], Vec::as_slice)
+            }
+            Payload::Str(v) => v,
+            Payload::Dump(d) => d,
+            Payload::Tombstone => b"",
+        });
+    }
+    encode_command(out, &args);
+    1
+}
+
 /// Appends the commands of `batch` to `out` (a `SELECT` first when the database differs from
 /// `selected`, which is updated) and returns how many replies they produce.
 pub fn encode_batch(batch: &Batch, selected: &mut Option<i32>, out: &mut Vec<u8>) -> usize {
@@ -161,6 +292,7 @@ pub struct LinkConfig {
     pub auth: Option<Credentials>,
     /// Called (on the link's threads) after each event is reported: lets the owner stop waiting.
     pub wake: fn(),
+    pub delivery: Delivery,
 }
 
 /// A user (`None`: the default user) and password.
@@ -404,7 +536,10 @@ fn writer(
     let mut buf = Vec::new();
     while let Ok(batch) = batches.recv() {
         buf.clear();
-        let replies = encode_batch(&batch, &mut selected, &mut buf);
+        let replies = match config.delivery {
+            Delivery::Import => encode_import(&batch, &mut buf),
+            Delivery::Restore => encode_batch(&batch, &mut selected, &mut buf),
+        };
         if owed_tx.send((batch.id, replies)).is_err() {
             return; // The reader stopped and has reported why.
         }
@@ -498,6 +633,118 @@ mod tests {
     use super::*;
 
     #[test]
+    fn import_specs_round_trip_and_reject_anything_else() {
+        for (kind, ms) in [
+            (ImportKind::Str, 0),
+            (ImportKind::Str, 1_700_000_000_123),
+            (ImportKind::Dump, 0),
+            (ImportKind::Dump, 1),
+            (ImportKind::Tombstone, 0),
+        ] {
+            let (spec, len) = import_spec(kind, ms);
+            assert_eq!(parse_import_spec(&spec[..len]), Some((kind, ms)));
+        }
+        assert_eq!(&import_spec(ImportKind::Str, 42).0[..3], b"S42");
+        // A tombstone carries no expiry; a negative or absent expiry is none.
+        assert_eq!(import_spec(ImportKind::Tombstone, 5).1, 1);
+        assert_eq!(import_spec(ImportKind::Str, -1).1, 1);
+        for bad in [
+            &b""[..],
+            b"X",
+            b"s",
+            b"S-1",
+            b"S0",
+            b"S1x",
+            b"T5",
+            b"S9999999999999999999",
+        ] {
+            assert_eq!(parse_import_spec(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_canonical_integers_count_as_integers() {
+        for yes in [
+            &b"0"[..],
+            b"7",
+            b"-7",
+            b"9223372036854775807",
+            b"-9223372036854775808",
+        ] {
+            assert!(integer_like(yes), "{yes:?}");
+        }
+        for no in [
+            &b""[..],
+            b"007",
+            b"+5",
+            b"-0",
+            b" 5",
+            b"5 ",
+            b"9223372036854775808",
+            b"1e3",
+            b"abc",
+        ] {
+            assert!(!integer_like(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn an_import_carries_every_entry_in_one_command() {
+        let batch = Batch {
+            id: 1,
+            db: 3,
+            entries: vec![
+                Entry {
+                    key: b"s".to_vec(),
+                    payload: Payload::Str(b"hello".to_vec()),
+                    expire_at_ms: 0,
+                },
+                Entry {
+                    key: b"n".to_vec(),
+                    payload: Payload::Str(b"42".to_vec()),
+                    expire_at_ms: 99,
+                },
+                Entry {
+                    key: b"d".to_vec(),
+                    payload: Payload::Dump(b"\x0e...".to_vec()),
+                    expire_at_ms: 0,
+                },
+                Entry {
+                    key: b"t".to_vec(),
+                    payload: Payload::Tombstone,
+                    expire_at_ms: 0,
+                },
+            ],
+            bytes: 0,
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode_import(&batch, &mut out), 1);
+        let mut forty_two = Vec::new();
+        string_dump_payload(b"42", &mut forty_two);
+        let mut expected = Vec::new();
+        encode_command(
+            &mut expected,
+            &[
+                &b"umcluster.import"[..],
+                b"3",
+                b"s",
+                b"S",
+                b"hello",
+                b"n",
+                b"D99",
+                &forty_two,
+                b"d",
+                b"D",
+                b"\x0e...",
+                b"t",
+                b"T",
+                b"",
+            ],
+        );
+        assert_eq!(out, expected);
+    }
+
+    #[test]
     fn string_payload_matches_the_servers_dump() {
         // `DUMP` of "hello" from redis-server 7.0 (RDB version 10).
         let server = b"\x00\x05hello\x0a\x00cr\xdfve4 \x0a";
@@ -577,6 +824,7 @@ mod tests {
                 reply_timeout: Duration::from_secs(2),
                 auth: None,
                 wake: || {},
+                delivery: Delivery::Restore,
             },
         );
         let batch = Batch {
@@ -626,6 +874,7 @@ mod tests {
                 reply_timeout: Duration::from_millis(200),
                 auth: None,
                 wake: || {},
+                delivery: Delivery::Restore,
             },
         );
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -110,6 +110,11 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
             PUBLISH_FLAGS,
         ),
         (PUBLISHED_COMMAND.into(), published_command, PUBLISH_FLAGS),
+        (
+            crate::transfer::IMPORT_COMMAND.into(),
+            super::import::import_command,
+            super::import::IMPORT_FLAGS,
+        ),
     ];
     // Fault injection for the hardening tests; never compiled into a release build.
     #[cfg(debug_assertions)]

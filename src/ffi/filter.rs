@@ -713,8 +713,19 @@ unsafe fn caller_db(caller: Caller) -> i32 {
     }
 }
 
-/// Whether the caller connects from the host of the source of the migration importing `slot`.
-unsafe fn from_migration_source(st: &State, caller: Caller, slot: u16) -> bool {
+/// Whether the caller's host is the one the topology names as the source of importing slot
+/// `slot` (the mover's `RESTORE`s and imports are accepted from it only).
+pub(super) unsafe fn from_migration_source(st: &State, caller: Caller, slot: u16) -> bool {
+    importing_from_caller(st, caller, |r| r.start <= slot && slot <= r.end)
+}
+
+/// Whether any importing range for which `wanted` holds names the caller's host as its source
+/// (`wanted` sees only ranges whose source is the caller's host).
+pub(super) unsafe fn importing_from_caller(
+    st: &State,
+    caller: Caller,
+    mut wanted: impl FnMut(&crate::topology::SlotRange) -> bool,
+) -> bool {
     let Some(id) = caller.id() else { return false };
     let Some(topology) = &st.topology else {
         return false;
@@ -746,8 +757,8 @@ unsafe fn from_migration_source(st: &State, caller: Caller, slot: u16) -> bool {
         let ip = ip.1.as_slice();
         topology.local_migrations().any(|g| match &g.kind {
             crate::topology::GroupKind::Importing(meta) => {
-                g.ranges.iter().any(|r| r.start <= slot && slot <= r.end)
-                    && meta.src_node.host.trim_matches(['[', ']']).as_bytes() == ip
+                meta.src_node.host.trim_matches(['[', ']']).as_bytes() == ip
+                    && g.ranges.iter().any(&mut wanted)
             }
             _ => false,
         })

@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod events;
 pub mod filter;
+pub mod import;
 pub mod info;
 pub mod module;
 pub mod mover;

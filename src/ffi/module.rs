@@ -116,6 +116,12 @@ required_api!(
     RedisModule_DbSize,
     RedisModule_KeyType,
     RedisModule_ValueLength,
+    RedisModule_StringSet,
+    RedisModule_SetAbsExpire,
+    RedisModule_Milliseconds,
+    RedisModule_ReplicateVerbatim,
+    RedisModule_Replicate,
+    RedisModule_EventLoopAddOneShot,
 );
 
 /// `init` of the module: see the file comment.

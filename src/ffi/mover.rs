@@ -50,7 +50,7 @@ use crate::migration::{
 use crate::resp::Value;
 use crate::slot::key_slot;
 use crate::state::{self, State};
-use crate::transfer::{Batch, Entry, Event, Link, LinkConfig, Payload};
+use crate::transfer::{Batch, Delivery, Entry, Event, Link, LinkConfig, Payload, IMPORT_COMMAND};
 
 /// Most keys in one batch.
 pub const BATCH_KEYS: usize = 256;
@@ -415,6 +415,7 @@ unsafe fn step_task(
                 reply_timeout: REPLY_TIMEOUT,
                 auth: super::peer_credentials(ctx),
                 wake: wake_if_waiting,
+                delivery: task.pipe.delivery,
             },
         ));
         for sent in task.pipe.take_parked() {
@@ -519,6 +520,14 @@ unsafe fn handle_events(
                 if let Some(sent) = task.pipe.take_acked(id) {
                     task.pipe.park(sent);
                 }
+                if task.pipe.delivery == Delivery::Import && unknown_command(&error) {
+                    // A destination without this module (or an older one): plain RESTOREs.
+                    log_notice(&format!(
+                        "umcluster: {} does not know {IMPORT_COMMAND}; migrating with RESTORE",
+                        task.meta.dst_proxy
+                    ));
+                    task.pipe.delivery = Delivery::Restore;
+                }
                 link_error(st, i, format!("destination refused: {error}"), true);
                 return;
             }
@@ -532,6 +541,11 @@ unsafe fn handle_events(
             }
         }
     }
+}
+
+/// Whether a refusal says the destination has no such command.
+fn unknown_command(error: &str) -> bool {
+    error.to_ascii_lowercase().contains("unknown command")
 }
 
 /// Drops the task's link after a failure and schedules the retry.

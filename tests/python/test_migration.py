@@ -432,7 +432,14 @@ def resp_call(sock, *args):
     return data.decode(errors="replace").strip()
 
 
-def test_the_destination_takes_restore_only_from_the_migration_source(servers):
+def asking_get(node, key):
+    """GET on the node itself, redirect rules aside (ASKING first): what an importing slot holds."""
+    with RawConnection(node.port) as r:
+        assert r.call("ASKING") == "OK"
+        return r.call("GET", key)
+
+
+def test_the_destination_takes_restore_and_import_only_from_the_migration_source(servers):
     import socket
 
     src, dst = servers.start_many(2)
@@ -458,6 +465,94 @@ def test_the_destination_takes_restore_only_from_the_migration_source(servers):
     with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.1", 0), timeout=10) as s:
         # The source's host: the same RESTORE is served (MIGRATE's path).
         assert resp_call(s, "RESTORE", k, 0, payload, "REPLACE") == "+OK"
+    # The mover's batch command: refused as a whole from another host, nothing applied.
+    other = keys_in(LOW, HIGH, "imp", 2)
+    batch = ["umcluster.import", 0, other[0], "S", "a", other[1], "S", "b"]
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=10) as s:
+        reply = resp_call(s, *batch)
+        assert reply.startswith("-ERR umcluster.import: not a migration source"), reply
+    assert [asking_get(dst, k) for k in other] == [None, None]
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.1", 0), timeout=10) as s:
+        # A key outside the importing slots spoils the whole batch.
+        outside = keys_in(HIGH + 1, 15999, "imp", 1)[0]
+        reply = resp_call(s, *batch, outside, "S", "c")
+        assert reply.startswith("-ERR umcluster.import: not a migration source"), reply
+        assert [asking_get(dst, k) for k in other] == [None, None]
+        assert dst.client().dbsize() == 1  # the RESTOREd key only
+        assert resp_call(s, *batch) == "+OK"
+        # Malformed batches are refused before anything is applied.
+        for bad in (["umcluster.import", 0, other[0], "S"], ["umcluster.import", "x", other[0], "S", "v"],
+                    ["umcluster.import", 0, other[0], "Q", "v"], ["umcluster.import", 0, other[0], "S12x", "v"],
+                    ["umcluster.import", 99, other[0], "S", "v"]):
+            assert resp_call(s, *bad).startswith("-ERR"), bad
+    assert [asking_get(dst, k) for k in other] == ["a", "b"]
+
+
+def test_an_entry_expired_on_arrival_is_deleted_on_the_destination_and_its_replica(servers):
+    """A master turns an entry whose absolute expiry has passed into a delete, and propagates it
+    as one, so a replica (which never expires keys itself) does not keep it."""
+    src, dst, rep = servers.start_many(3)
+    push_stable(1, src, dst)
+    push_migrating(2, src, dst, destination_only=True)
+    rep.client().replicaof("127.0.0.1", dst.port)
+    k, fresh = keys_in(LOW, HIGH, "exp", 2)
+    with RawConnection(dst.port) as r:
+        assert r.call("umcluster.import", 0, k, "S", "old") == "OK"
+        assert r.call("umcluster.import", 0, k, "S1", "v", fresh, "S", "new") == "OK"
+    d = dst.client()
+    assert asking_get(dst, k) is None and asking_get(dst, fresh) == "new"
+    assert d.dbsize() == 1
+    d.execute_command("WAIT", 1, 5000)
+    wait_until(lambda: rep.client().execute_command("DEBUG", "DIGEST") == d.execute_command("DEBUG", "DIGEST"),
+               timeout=20, what="replica digest equals the destination's")
+    assert rep.client().execute_command("DEBUG", "DIGEST-VALUE", k) == d.execute_command("DEBUG", "DIGEST-VALUE", k)
+    assert rep.client().dbsize() == 1
+
+
+def test_moved_strings_keep_the_servers_encodings(servers):
+    """Strings travel as themselves, integers as payloads the destination's RESTORE re-encodes:
+    `OBJECT ENCODING` is the same on both sides."""
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    values = {"int": "12345", "int2": "-9223372036854775808", "embstr": "hello", "raw": "x" * 100,
+              "notint": "007", "plus": "+5"}
+    names = dict(zip(values, keys_in(LOW, HIGH, "enc", len(values))))
+    for kind, v in values.items():
+        c.set(names[kind], v)
+    before = {kind: c.object("encoding", names[kind]) for kind in values}
+    assert before["int"] == "int" and before["raw"] == "raw" and before["notint"] == "embstr", before
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    push_committed(3, src, dst)
+    d = dst.client()
+    after = {kind: d.object("encoding", names[kind]) for kind in values}
+    assert after == before
+    assert {kind: d.get(names[kind]) for kind in values} == values
+
+
+def test_a_destination_without_the_module_gets_plain_restores(servers):
+    """The batch command needs the module on the destination; a plain server answers "unknown
+    command" and the mover goes on with RESTORE."""
+    src = servers.start()
+    dst = servers.start(with_module=False)
+    with connect(src) as r:  # only the source takes a topology
+        assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1", "0-15999",
+                      "PEER", dst.addr, "1", DST_OWN) == "OK"
+    c = src.client()
+    keys = keys_in(LOW, HIGH, "plain", 300)
+    for i, k in enumerate(keys):
+        c.set(k, i, ex=3600 if i % 2 else None)
+    listed = f"{{{keys[0]}}}:list"  # same slot as keys[0]
+    c.rpush(listed, "a", "b")
+    push_migrating(2, src, dst, source_only=True)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done with RESTORE")
+    d = dst.client()
+    assert [d.get(k) for k in keys] == [str(i) for i in range(len(keys))]
+    assert d.lrange(listed, 0, -1) == ["a", "b"]
+    assert all(d.ttl(k) > 0 for k in keys[1::2]) and all(d.ttl(k) == -1 for k in keys[::2])
+    assert c.dbsize() == 0
+    assert "migrating with RESTORE" in src.log_tail(200), src.log_tail(20)
 
 
 def test_a_restarted_source_resumes_the_move_from_its_config_file(servers, tmp_path):
@@ -597,12 +692,13 @@ def test_a_destination_that_requires_a_password_gets_the_sources_masterauth(serv
     keys = keys_in(LOW, HIGH, "pw", 50)
     for k in keys:
         c.set(k, "v")
-    # Without credentials the destination refuses every RESTORE: nothing moves, nothing is lost.
+    # Without credentials the destination refuses the mover's batches (NOAUTH, or a protocol
+    # error for a command of more than 10 arguments before AUTH): nothing moves, nothing is lost.
     push_migrating(2, src, dst)
     wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
                what="the destination refused the mover")
     (task,) = migrations(src)
-    assert "NOAUTH" in task["last_error"], task
+    assert "NOAUTH" in task["last_error"] or "unauthenticated" in task["last_error"], task
     assert c.dbsize() == len(keys)
     # The credentials a replica would use towards a master are the mover's too.
     c.config_set("masterauth", "s3cret")

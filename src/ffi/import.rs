@@ -1,0 +1,280 @@
+//! `umcluster.import <db> <key> <spec> <value> ...`: the destination side of slot migration.
+//!
+//! The source's mover sends one of these per batch (see `transfer::encode_import` for the wire
+//! form) instead of a `RESTORE` per key: the destination then parses, looks up, checks and
+//! answers one command per batch rather than per key, and a string travels as itself rather than
+//! as a checksummed `DUMP` payload. Integer-like strings and other types still come as payloads
+//! and are restored by the server's `RESTORE` (so they get the server's own encodings).
+//!
+//! Who may send it: over a client connection, only the host the topology names as the source of
+//! every key's importing slot (as for the mover's `RESTORE`s); the whole batch is refused before
+//! anything is applied otherwise. From the master or the AOF it is applied as it stands, never
+//! checked or redirected, so a replica replays exactly what its master did.
+//!
+//! Expiry: a key whose absolute expiry has passed when a master applies it is deleted instead
+//! (as `RESTORE ... ABSTTL` does), and the command is propagated with that entry turned into a
+//! tombstone, so replicas, whose clocks may differ, delete it too.
+
+use std::os::raw::c_int;
+
+use redis_module::raw;
+
+use super::client::Caller;
+use super::filter::importing_from_caller;
+use super::{guard, rm, string_bytes};
+use crate::router::SlotRoute;
+use crate::slot::key_slot;
+use crate::state::{self, State};
+use crate::transfer::{parse_import_spec, ImportKind};
+
+/// Flags of `umcluster.import`: a write (refused on a read-only replica and under OOM like
+/// `RESTORE`), not from scripts.
+pub const IMPORT_FLAGS: &str = "write deny-oom deny-script";
+
+/// One parsed entry: indexes into argv and what its spec says.
+struct Entry {
+    key: usize,
+    kind: ImportKind,
+    expire_at_ms: i64,
+    value: usize,
+}
+
+pub(super) extern "C" fn import_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let reply = guard(
+        "umcluster.import",
+        // SAFETY: arguments as the server passed them, on the main thread.
+        || unsafe { import(ctx, argv, argc.max(0) as usize) },
+        |msg| Err(msg.replace('\n', " ")),
+    );
+    // SAFETY: `ctx` is this command's context.
+    unsafe {
+        match reply {
+            Ok(()) => rm!(RedisModule_ReplyWithSimpleString)(ctx, c"OK".as_ptr()),
+            Err(text) => {
+                let line = std::ffi::CString::new(text.replace('\0', " "))
+                    .unwrap_or_else(|_| c"ERR umcluster.import failed".into());
+                rm!(RedisModule_ReplyWithError)(ctx, line.as_ptr())
+            }
+        }
+    };
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Parses the arguments: the database and the entries. Nothing is applied here.
+unsafe fn parse(args: &[*mut raw::RedisModuleString]) -> Result<(i32, Vec<Entry>), String> {
+    if args.len() < 2 || (args.len() - 2) % 3 != 0 {
+        return Err("ERR wrong number of arguments for 'umcluster.import' command".into());
+    }
+    let mut buf = [0u8; 24];
+    let db = std::str::from_utf8(string_bytes(args[1], &mut buf))
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .filter(|db| *db >= 0)
+        .ok_or("ERR umcluster.import: invalid database")?;
+    let mut entries = Vec::with_capacity((args.len() - 2) / 3);
+    for first in (2..args.len()).step_by(3) {
+        let (kind, expire_at_ms) = parse_import_spec(string_bytes(args[first + 1], &mut buf))
+            .ok_or("ERR umcluster.import: invalid entry spec")?;
+        entries.push(Entry {
+            key: first,
+            kind,
+            expire_at_ms,
+            value: first + 2,
+        });
+    }
+    Ok((db, entries))
+}
+
+/// Over a client connection: every key must be in a slot this node imports from the caller's
+/// host.
+unsafe fn authorized(
+    st: &State,
+    caller: Caller,
+    args: &[*mut raw::RedisModuleString],
+    entries: &[Entry],
+) -> bool {
+    // The importing ranges whose source is the caller's host, looked up once for the batch.
+    let mut ranges = Vec::new();
+    importing_from_caller(st, caller, |r| {
+        ranges.push(*r);
+        false
+    });
+    let mut buf = [0u8; 24];
+    entries.iter().all(|e| {
+        let slot = key_slot(string_bytes(args[e.key], &mut buf));
+        matches!(st.table.get(slot), SlotRoute::Importing { .. })
+            && ranges.iter().any(|r| r.start <= slot && slot <= r.end)
+    })
+}
+
+unsafe fn import(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: usize,
+) -> Result<(), String> {
+    let args = std::slice::from_raw_parts(argv, argc);
+    let (db, entries) = parse(args)?;
+    let flags = rm!(RedisModule_GetContextFlags)(ctx) as u32;
+    let obey =
+        flags & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0;
+    if !obey {
+        // The command's own client (a master's link or the AOF would have set a flag above).
+        let caller = Caller::Client {
+            id: rm!(RedisModule_GetClientId)(ctx),
+            flags: 0,
+        };
+        let allowed = state::try_with(|st| authorized(st, caller, args, &entries)).unwrap_or(false);
+        if !allowed {
+            return Err(
+                "ERR umcluster.import: not a migration source of these slots for this node".into(),
+            );
+        }
+    }
+    let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
+    if rm!(RedisModule_SelectDb)(ctx, db) != raw::REDISMODULE_OK as c_int {
+        return Err("ERR umcluster.import: DB index is out of range".into());
+    }
+    let now_ms = rm!(RedisModule_Milliseconds)();
+    // Entries a master deleted because they expired on the way (propagated as tombstones).
+    let mut expired: Vec<usize> = Vec::new();
+    let mut result = Ok(());
+    for (n, e) in entries.iter().enumerate() {
+        let name = args[e.key];
+        let past = !obey && e.expire_at_ms > 0 && e.expire_at_ms <= now_ms;
+        let kind = if past {
+            expired.push(n);
+            ImportKind::Tombstone
+        } else {
+            e.kind
+        };
+        match kind {
+            ImportKind::Str => {
+                let key = rm!(RedisModule_OpenKey)(
+                    ctx,
+                    name,
+                    (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int,
+                );
+                rm!(RedisModule_StringSet)(key, args[e.value]);
+                if e.expire_at_ms > 0 {
+                    rm!(RedisModule_SetAbsExpire)(key, e.expire_at_ms);
+                }
+                rm!(RedisModule_CloseKey)(key);
+                notify(ctx, name, c"restore");
+            }
+            ImportKind::Dump => {
+                let ttl = e.expire_at_ms.max(0) as std::os::raw::c_longlong;
+                let reply = rm!(RedisModule_Call)(
+                    ctx,
+                    c"RESTORE".as_ptr(),
+                    c"slscc".as_ptr(),
+                    name,
+                    ttl,
+                    args[e.value],
+                    c"REPLACE".as_ptr(),
+                    c"ABSTTL".as_ptr(),
+                );
+                let failed = reply.is_null()
+                    || rm!(RedisModule_CallReplyType)(reply)
+                        == raw::REDISMODULE_REPLY_ERROR as c_int;
+                if failed {
+                    let text = if reply.is_null() {
+                        "ERR umcluster.import: RESTORE could not run".to_string()
+                    } else {
+                        let mut len = 0usize;
+                        let ptr = rm!(RedisModule_CallReplyStringPtr)(reply, &mut len);
+                        String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast(), len))
+                            .into_owned()
+                    };
+                    if !reply.is_null() {
+                        rm!(RedisModule_FreeCallReply)(reply);
+                    }
+                    // What came before is applied (and propagated below); the source sends the
+                    // whole batch again, which is harmless: every entry replaces.
+                    result = Err(text);
+                    expired.retain(|&i| i < n);
+                    propagate(ctx, args, &entries[..n], &expired);
+                    rm!(RedisModule_SelectDb)(ctx, previous_db);
+                    return result;
+                }
+                rm!(RedisModule_FreeCallReply)(reply);
+            }
+            ImportKind::Tombstone => {
+                let key = rm!(RedisModule_OpenKey)(
+                    ctx,
+                    name,
+                    (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int,
+                );
+                let existed =
+                    rm!(RedisModule_KeyType)(key) != raw::REDISMODULE_KEYTYPE_EMPTY as c_int;
+                rm!(RedisModule_DeleteKey)(key);
+                rm!(RedisModule_CloseKey)(key);
+                if existed {
+                    notify(ctx, name, c"del");
+                }
+            }
+        }
+    }
+    propagate(ctx, args, &entries, &expired);
+    rm!(RedisModule_SelectDb)(ctx, previous_db);
+    result
+}
+
+/// What `RESTORE` and `DEL` tell the rest of the server about a key.
+unsafe fn notify(
+    ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    event: &std::ffi::CStr,
+) {
+    rm!(RedisModule_SignalModifiedKey)(ctx, name);
+    rm!(RedisModule_NotifyKeyspaceEvent)(
+        ctx,
+        raw::REDISMODULE_NOTIFY_GENERIC as c_int,
+        event.as_ptr(),
+        name,
+    );
+}
+
+/// Propagates the entries applied (`applied`, a prefix of the command's), as they were sent, or
+/// with the ones in `expired` turned into tombstones.
+unsafe fn propagate(
+    ctx: *mut raw::RedisModuleCtx,
+    args: &[*mut raw::RedisModuleString],
+    applied: &[Entry],
+    expired: &[usize],
+) {
+    if applied.is_empty() {
+        return;
+    }
+    let whole = 2 + 3 * applied.len() == args.len();
+    if whole && expired.is_empty() {
+        rm!(RedisModule_ReplicateVerbatim)(ctx);
+        return;
+    }
+    let tombstone = rm!(RedisModule_CreateString)(ctx, c"T".as_ptr(), 1);
+    let empty = rm!(RedisModule_CreateString)(ctx, c"".as_ptr(), 0);
+    let mut out: Vec<*mut raw::RedisModuleString> = Vec::with_capacity(1 + 3 * applied.len());
+    out.push(args[1]);
+    for (n, e) in applied.iter().enumerate() {
+        out.push(args[e.key]);
+        if expired.binary_search(&n).is_ok() {
+            out.push(tombstone);
+            out.push(empty);
+        } else {
+            out.push(args[e.key + 1]);
+            out.push(args[e.value]);
+        }
+    }
+    rm!(RedisModule_Replicate)(
+        ctx,
+        c"umcluster.import".as_ptr(),
+        c"v".as_ptr(),
+        out.as_mut_ptr(),
+        out.len(),
+    );
+    rm!(RedisModule_FreeString)(ctx, tombstone);
+    rm!(RedisModule_FreeString)(ctx, empty);
+}
