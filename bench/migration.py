@@ -9,7 +9,8 @@ while two probes run against the source:
 
 - stall: a separate process sends PING every 1 ms on its own connection and records the longest
   round trip (an event-loop stall shows up there; so, on a loaded 2-core machine, does plain CPU
-  contention);
+  contention); the same probe runs during the "before" throughput runs, which gives the longest
+  PING the machine alone causes under that load;
 - throughput: `redis-benchmark` (SET on keys of the probe slot, 20 clients, -P 16) run back to
   back before the move and during it; the table gives the median rate of each phase.
 
@@ -190,9 +191,17 @@ def main():
         tag = tag_for_slot(PROBE_SLOT)
         stay = int(cli(src.port, "CLUSTER", "COUNTKEYSINSLOT", str(PROBE_SLOT)) or 0)
 
+        # The same stall probe during the "before" runs: what the machine alone costs a PING
+        # under that load, to read the stall during the move against.
+        stop_before = multiprocessing.Event()
+        worst_before = multiprocessing.Value("d", 0.0)
+        ping_before = multiprocessing.Process(target=pinger, args=(src.port, stop_before, worst_before))
+        ping_before.start()
         cpu_b0, t_b0 = main_thread_cpu_s(src.proc.pid), time.monotonic()
         before = [benchmark_rps(src.port, tag) for _ in range(args.runs_before)]
         busy_before = (main_thread_cpu_s(src.proc.pid) - cpu_b0) / (time.monotonic() - t_b0)
+        stop_before.set()
+        ping_before.join(timeout=10)
 
         stop = multiprocessing.Event()
         worst = multiprocessing.Value("d", 0.0)
@@ -239,11 +248,13 @@ def main():
         print()
         print(f"Slot migration, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{os.cpu_count()} cores, {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
-        print("| keys moved | value MB | seconds | keys/s | MB/s | longest PING (ms) | "
-              "throughput before (rps) | during (rps) | during/before | DUMP bytes sent |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| keys moved | value MB | seconds | keys/s | MB/s | longest PING during (ms) | "
+              "longest PING before, under load (ms) | "
+              "throughput before (rps) | during (rps) | during/before | bytes moved (reported) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print(f"| {moved:,} | {mb:,.0f} | {seconds:.1f} | {moved / seconds:,.0f} | {mb / seconds:,.1f} | "
-              f"{worst.value:.1f} | {rb:,.0f} | {rd:,.0f} | {rd / rb if rb else 0:.2f} | {last_bytes[0]:,} |")
+              f"{worst.value:.1f} | {worst_before.value:.1f} | {rb:,.0f} | {rd:,.0f} | "
+              f"{rd / rb if rb else 0:.2f} | {last_bytes[0]:,} |")
         print(f"source main thread on CPU: {busy_before:.0%} of the time before the move; during it "
               f"{main_cpu:.1f} s ({main_cpu / seconds:.0%} of the time), "
               f"of which moving keys {mover_cpu:.1f} s ({mover_cpu / main_cpu if main_cpu else 0:.0%}), "

@@ -160,7 +160,8 @@ pub fn tick_queued() -> bool {
 
 /// Runs the next tick after one more pass of the event loop (the clients that are ready are
 /// served first) instead of after a timer: the server's module timers fire at most once per
-/// millisecond, which left an idle source's loop a fifth unused between 4 ms ticks. The server
+/// millisecond, which left an idle source's loop unused for a fifth or more of the time (1 ms after
+/// each tick of at most a few ms). The server
 /// runs one-shot events when its module pipe is readable; the callback there arms a timer due
 /// at once, which the same pass of the loop fires (so the tick still runs with a timer's context,
 /// as every other tick). Falls back to the 1 ms timer on a server without one-shot events.
