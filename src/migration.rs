@@ -225,6 +225,18 @@ impl Pipeline {
         !self.fenced.is_empty()
     }
 
+    /// Fences `key` unless a key of that name is fenced already (one lookup for both); returns
+    /// whether it fenced it.
+    pub fn fence_new(&mut self, key: &[u8]) -> bool {
+        match self.fenced.entry(fingerprint(key)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(1);
+                true
+            }
+        }
+    }
+
     pub fn fence(&mut self, key: &[u8]) {
         *self.fenced.entry(fingerprint(key)).or_insert(0) += 1;
     }
@@ -681,6 +693,17 @@ mod tests {
         for n in &names {
             assert!(seen.insert(fingerprint(n)), "{n:?}");
         }
+    }
+
+    #[test]
+    fn a_key_is_fenced_new_once() {
+        let mut p = Pipeline::default();
+        assert!(p.fence_new(b"a"));
+        assert!(!p.fence_new(b"a"), "met twice: fenced already");
+        assert!(p.is_fenced(b"a") && !p.is_fenced(b"b"));
+        p.unfence(b"a");
+        assert!(!p.is_fenced(b"a") && !p.any_fenced());
+        assert!(p.fence_new(b"a"));
     }
 
     #[test]

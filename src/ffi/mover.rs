@@ -823,13 +823,12 @@ unsafe extern "C" fn scan_callback(
                 return;
             }
             c.found += 1;
-            if key.is_null() || c.pipe.is_fenced(name) {
-                // On its way already (or met twice: a scan may return a key again while the
-                // table is resized): the pass stays open, nothing to do.
+            // Fenced from this moment (also against a second visit within this batch). A key on
+            // its way already (or met twice: a scan may return a key again while the table is
+            // resized) keeps the pass open, nothing else to do.
+            if key.is_null() || !c.pipe.fence_new(name) {
                 return;
             }
-            // Fenced from this moment (also against a second visit within this batch).
-            c.pipe.fence(name);
             let expire_at_ms = abs_expire(key);
             if rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_STRING as c_int {
                 match string_value(key) {
