@@ -555,6 +555,38 @@ def test_a_destination_without_the_module_gets_plain_restores(servers):
     assert "migrating with RESTORE" in src.log_tail(200), src.log_tail(20)
 
 
+def test_the_destination_replays_the_imports_from_its_aof(servers):
+    """The batches are in the destination's AOF as they arrived; replaying it (loading, never
+    checked or redirected) rebuilds the same data."""
+    import glob
+
+    src = servers.start()
+    dst = servers.start(extra_args=["--appendonly", "yes"])
+    push_stable(1, src, dst)
+    c = src.client()
+    names = keys_in(LOW, HIGH, "aof", 300)
+    pipe = c.pipeline(transaction=False)
+    for i, k in enumerate(names):
+        if i % 3 == 0:
+            pipe.set(k, i, ex=3600)  # integer-like: travels as a payload
+        elif i % 3 == 1:
+            pipe.set(k, f"v{i}" * 20)
+        else:
+            pipe.hset(k, mapping={"a": i, "b": "x"})
+    pipe.execute()
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    push_committed(3, src, dst)
+    d = dst.client()
+    digest = d.execute_command("DEBUG", "DIGEST")
+    assert d.dbsize() == len(names)
+    d.execute_command("DEBUG", "LOADAOF")
+    assert d.execute_command("DEBUG", "DIGEST") == digest
+    assert d.dbsize() == len(names) and d.ttl(names[0]) > 3000
+    aof = b"".join(open(p, "rb").read() for p in glob.glob(f"{dst.dir}/**/*.aof", recursive=True))
+    assert b"umcluster.import" in aof
+
+
 def test_a_restarted_source_resumes_the_move_from_its_config_file(servers, tmp_path):
     path = str(tmp_path / "src.json")
     src = servers.start(extra_args=["config-file", path, "--appendonly", "yes"])
