@@ -555,6 +555,27 @@ def test_a_destination_without_the_module_gets_plain_restores(servers):
     assert "migrating with RESTORE" in src.log_tail(200), src.log_tail(20)
 
 
+def test_a_destination_out_of_memory_refuses_batches_and_nothing_is_lost(servers):
+    src = servers.start()
+    # A fresh server's used_memory is above 1 MB: every write is refused with OOM (noeviction).
+    dst = servers.start(extra_args=["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"])
+    push_stable(1, src, dst)
+    c = src.client()
+    names = keys_in(LOW, HIGH, "oom", 200)
+    for k in names:
+        c.set(k, k)
+    push_migrating(2, src, dst)
+    wait_until(lambda: any("OOM" in t.get("last_error", "") for t in migrations(src)), timeout=20,
+               what="the destination refused the batch with OOM")
+    assert c.dbsize() == len(names) and dst.client().dbsize() == 0
+    dst.client().config_set("maxmemory", "0")
+    wait_until(lambda: task_done(src), timeout=60, what="migration done once memory is there")
+    push_committed(3, src, dst)
+    d = dst.client()
+    assert [d.get(k) for k in names] == names
+    assert c.dbsize() == 0
+
+
 def test_the_destination_replays_the_imports_from_its_aof(servers):
     """The batches are in the destination's AOF as they arrived; replaying it (loading, never
     checked or redirected) rebuilds the same data."""
