@@ -104,8 +104,11 @@ impl Node {
                     break; // exited: port taken or bad config; try another port
                 }
                 // Answering on the port is not enough: another test may have won the race for it.
-                if let Ok(mut raw) = Raw::connect(port) {
-                    let info = raw.cmd(&["INFO", "server"]);
+                // The probe tolerates any failure: the server on the port may be another test's,
+                // being killed (connection reset), or still loading.
+                if let Ok(info) =
+                    Raw::connect(port).and_then(|mut raw| raw.try_cmd(&["INFO", "server"]))
+                {
                     let ours = format!("process_id:{}\r\n", node.child.id());
                     if info
                         .as_bytes()
@@ -182,18 +185,35 @@ impl Raw {
 
     /// Reads one reply.
     pub fn read(&mut self) -> Value {
+        self.try_read().expect("read from node")
+    }
+
+    /// Sends one command and returns its reply, or the I/O error (a closed connection too).
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Value> {
+        let mut out = Vec::new();
+        encode_command(&mut out, args);
+        self.stream.write_all(&out)?;
+        self.try_read()
+    }
+
+    fn try_read(&mut self) -> std::io::Result<Value> {
         loop {
             match decode(&self.buf) {
                 Ok((v, used)) => {
                     self.buf.drain(..used);
-                    return v;
+                    return Ok(v);
                 }
                 Err(DecodeError::Invalid(e)) => panic!("bad reply from server: {e}"),
                 Err(DecodeError::Incomplete) => {}
             }
             let mut chunk = [0u8; 65536];
-            let n = self.stream.read(&mut chunk).expect("read from node");
-            assert!(n > 0, "connection closed by server");
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed by server",
+                ));
+            }
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
