@@ -166,7 +166,11 @@ pub fn parse_import_spec(spec: &[u8]) -> Option<(ImportKind, i64)> {
     if digits.is_empty() {
         return Some((kind, 0));
     }
-    if kind == ImportKind::Tombstone || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit)
+    // One spelling per expiry (no leading zeros): what `import_spec` writes, nothing else.
+    if kind == ImportKind::Tombstone
+        || digits.len() > 18
+        || digits[0] == b'0'
+        || !digits.iter().all(u8::is_ascii_digit)
     {
         return None;
     }
@@ -657,6 +661,7 @@ mod tests {
             b"S1x",
             b"T5",
             b"S9999999999999999999",
+            b"S05",
         ] {
             assert_eq!(parse_import_spec(bad), None, "{bad:?}");
         }
