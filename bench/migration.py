@@ -16,6 +16,7 @@ while two probes run against the source:
 
 Reports seconds, keys/s, MB/s (value bytes: keys x size), longest stall, and throughput during vs
 before. Usage: bench/migration.py [--keys N] [--size BYTES] [--runs-before N] [--no-load]
+[--clients N --pipeline P]
 (--no-load: no throughput runs during the move, to see the mover's own speed.)
 Needs the release build (`cargo build --release`), redis-server and redis-benchmark. Stops only
 the processes it starts.
@@ -127,11 +128,12 @@ def pinger(port, stop, result):
     s.close()
 
 
-def benchmark_rps(port, tag, requests=200_000):
+def benchmark_rps(port, tag, clients=20, pipeline=16, requests=200_000):
     """One redis-benchmark run: SET on 1000 keys of the probe slot; requests per second."""
+    requests = max(10_000, requests * clients * pipeline // (20 * 16))  # light loads: shorter runs
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-c", "20", "-P", "16", "-n", str(requests), "-r", "1000",
-         "-q", "SET", f"{{{tag}}}:__rand_int__", "xxxxxxxxxx"],
+        ["redis-benchmark", "-p", str(port), "-c", str(clients), "-P", str(pipeline), "-n", str(requests),
+         "-r", "1000", "-q", "SET", f"{{{tag}}}:__rand_int__", "xxxxxxxxxx"],
         capture_output=True, text=True, timeout=600,
     )
     rates = [float(m) for m in re.findall(r"([\d.]+) requests per second", out.stdout)]
@@ -164,6 +166,10 @@ def main():
     ap.add_argument("--keys", type=int, default=10_000_000)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--runs-before", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=20,
+                    help="redis-benchmark connections of the client load (default 20: saturates the source)")
+    ap.add_argument("--pipeline", type=int, default=16,
+                    help="redis-benchmark -P of the client load (default 16); --clients 2 --pipeline 1 is a light load")
     ap.add_argument("--no-load", action="store_true",
                     help="no redis-benchmark during the move (the mover's speed alone; the PING probe still runs)")
     args = ap.parse_args()
@@ -198,7 +204,8 @@ def main():
         ping_before = multiprocessing.Process(target=pinger, args=(src.port, stop_before, worst_before))
         ping_before.start()
         cpu_b0, t_b0 = main_thread_cpu_s(src.proc.pid), time.monotonic()
-        before = [benchmark_rps(src.port, tag) for _ in range(args.runs_before)]
+        load = dict(clients=args.clients, pipeline=args.pipeline)
+        before = [benchmark_rps(src.port, tag, **load) for _ in range(args.runs_before)]
         busy_before = (main_thread_cpu_s(src.proc.pid) - cpu_b0) / (time.monotonic() - t_b0)
         stop_before.set()
         ping_before.join(timeout=10)
@@ -230,7 +237,7 @@ def main():
             if args.no_load:
                 time.sleep(0.01)
             else:
-                during.append(benchmark_rps(src.port, tag))
+                during.append(benchmark_rps(src.port, tag, **load))
         seconds = time.monotonic() - t0
         main_cpu = main_thread_cpu_s(src.proc.pid) - cpu0
         dst_cpu = main_thread_cpu_s(dst.proc.pid) - dst_cpu0
