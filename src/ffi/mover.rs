@@ -85,8 +85,6 @@ thread_local! {
     static LAST_TICK_END_CPU: Cell<Option<Duration>> = const { Cell::new(None) };
     /// The scheduled tick, if any (main thread only).
     static ARMED: Cell<Option<raw::RedisModuleTimerID>> = const { Cell::new(None) };
-    /// A one-shot event will arm the next tick (see [`schedule_soon`]).
-    static SOON_QUEUED: Cell<bool> = const { Cell::new(false) };
     /// The last tick queued the next one for the next pass of the event loop.
     static CHAINED: Cell<bool> = const { Cell::new(false) };
 }
@@ -94,6 +92,10 @@ thread_local! {
 /// The last tick ended waiting for the destination: the next event the link reports should
 /// start a tick at once instead of at the 1 ms timer (see [`wake_if_waiting`]).
 static WAITING: AtomicBool = AtomicBool::new(false);
+
+/// A one-shot event will arm the next tick (see [`schedule_soon`]; the link's threads queue them
+/// too, see [`wake_if_waiting`]).
+static SOON_QUEUED: AtomicBool = AtomicBool::new(false);
 
 /// Context for arming timers outside a timer callback (see [`schedule_soon`]).
 static TIMER_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(std::ptr::null_mut());
@@ -155,7 +157,7 @@ pub fn free_timer_context() {
 
 /// Whether a tick is queued for the next pass of the event loop (module unload must wait).
 pub fn tick_queued() -> bool {
-    SOON_QUEUED.with(Cell::get)
+    SOON_QUEUED.load(Ordering::Acquire)
 }
 
 /// Runs the next tick after one more pass of the event loop (the clients that are ready are
@@ -167,7 +169,7 @@ pub fn tick_queued() -> bool {
 /// as every other tick). Falls back to the 1 ms timer on a server without one-shot events.
 /// Returns whether the tick was queued that way.
 unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) -> bool {
-    if SOON_QUEUED.with(Cell::get) {
+    if SOON_QUEUED.swap(true, Ordering::AcqRel) {
         return true;
     }
     let queued = match raw::RedisModule_EventLoopAddOneShot {
@@ -176,9 +178,8 @@ unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) -> bool {
         }
         _ => false,
     };
-    if queued {
-        SOON_QUEUED.with(|q| q.set(true));
-    } else {
+    if !queued {
+        SOON_QUEUED.store(false, Ordering::Release);
         arm(ctx, TICK_PERIOD_MS);
     }
     queued
@@ -194,17 +195,23 @@ fn wake_if_waiting() {
     if TIMER_CTX.load(Ordering::Relaxed).is_null() {
         return;
     }
+    if SOON_QUEUED.swap(true, Ordering::AcqRel) {
+        return; // one is queued already
+    }
     // SAFETY: reading a function pointer RedisModule_Init filled in and never changes; the
     // server's one-shot queue is locked, and `run_soon` runs on the main thread.
-    unsafe {
-        if let Some(add) = raw::RedisModule_EventLoopAddOneShot {
-            add(Some(run_soon), std::ptr::null_mut());
-        }
+    let queued = unsafe {
+        raw::RedisModule_EventLoopAddOneShot.is_some_and(|add| {
+            add(Some(run_soon), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int
+        })
+    };
+    if !queued {
+        SOON_QUEUED.store(false, Ordering::Release);
     }
 }
 
 extern "C" fn run_soon(_data: *mut c_void) {
-    SOON_QUEUED.with(|q| q.set(false));
+    SOON_QUEUED.store(false, Ordering::Release);
     guard(
         "the migration wake-up",
         || {
