@@ -181,11 +181,15 @@ unsafe fn import(
                     || rm!(RedisModule_CallReplyType)(reply)
                         == raw::REDISMODULE_REPLY_ERROR as c_int;
                 if failed {
-                    let text = if reply.is_null() {
-                        "ERR umcluster.import: RESTORE could not run".to_string()
+                    let mut len = 0usize;
+                    let ptr = if reply.is_null() {
+                        std::ptr::null()
                     } else {
-                        let mut len = 0usize;
-                        let ptr = rm!(RedisModule_CallReplyStringPtr)(reply, &mut len);
+                        rm!(RedisModule_CallReplyStringPtr)(reply, &mut len)
+                    };
+                    let text = if ptr.is_null() {
+                        "ERR umcluster.import: RESTORE failed".to_string()
+                    } else {
                         String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast(), len))
                             .into_owned()
                     };

@@ -486,6 +486,13 @@ def test_the_destination_takes_restore_and_import_only_from_the_migration_source
                     ["umcluster.import", 99, other[0], "S", "v"]):
             assert resp_call(s, *bad).startswith("-ERR"), bad
     assert [asking_get(dst, k) for k in other] == ["a", "b"]
+    # A payload the server's RESTORE rejects: the entries before it are applied, the rest not,
+    # and the error says why (the mover sends the whole batch again; every entry replaces).
+    first, bad, last = keys_in(LOW, HIGH, "part", 3)
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.1", 0), timeout=10) as s:
+        reply = resp_call(s, "umcluster.import", 0, first, "S", "1st", bad, "D", "garbage", last, "S", "3rd")
+        assert reply.startswith("-") and "payload" in reply, reply
+    assert [asking_get(dst, k) for k in (first, bad, last)] == ["1st", None, None]
 
 
 def test_an_entry_expired_on_arrival_is_deleted_on_the_destination_and_its_replica(servers):
