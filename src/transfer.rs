@@ -287,7 +287,8 @@ pub fn encode_batch(batch: &Batch, selected: &mut Option<i32>, out: &mut Vec<u8>
 }
 
 /// How a link connects: how long a connect, a write, or the wait for an owed reply may take
-/// before the link is declared down, and the credentials the destination wants.
+/// before the link is declared down (a big batch's reply may take longer, see [`reply_wait`]),
+/// and the credentials the destination wants.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
     pub connect_timeout: Duration,
@@ -384,6 +385,13 @@ impl Reporter {
         }
         sent
     }
+}
+
+/// How long the destination may take to answer a batch of `bytes`: the link's reply timeout, plus
+/// a second per 10 MB (a destination restores a 100 MB string in well under a second here; a
+/// huge hash or sorted set takes longer, and must not read as a dead destination).
+pub fn reply_wait(reply_timeout: Duration, bytes: u64) -> Duration {
+    reply_timeout + Duration::from_millis(bytes / 10_000)
 }
 
 /// One connection to a destination, driven by two threads. Dropping it closes the connection and
@@ -516,21 +524,12 @@ fn writer(
             return;
         }
     }
-    let (owed_tx, owed_rx) = mpsc::channel::<(u64, usize)>();
+    let (owed_tx, owed_rx) = mpsc::channel::<(u64, usize, Duration)>();
     let reader_events = events.clone();
-    let reply_timeout = config.reply_timeout;
     let reader_addr = addr.clone();
     if let Err(e) = thread::Builder::new()
         .name("umcluster-migrate-rx".into())
-        .spawn(move || {
-            reader(
-                reader_addr,
-                read_half,
-                reply_timeout,
-                owed_rx,
-                reader_events,
-            )
-        })
+        .spawn(move || reader(reader_addr, read_half, owed_rx, reader_events))
     {
         let _ = events.send(Event::Down(format!("cannot start the reader thread: {e}")));
         return;
@@ -544,7 +543,8 @@ fn writer(
             Delivery::Import => encode_import(&batch, &mut buf),
             Delivery::Restore => encode_batch(&batch, &mut selected, &mut buf),
         };
-        if owed_tx.send((batch.id, replies)).is_err() {
+        let wait = reply_wait(config.reply_timeout, batch.bytes);
+        if owed_tx.send((batch.id, replies, wait)).is_err() {
             return; // The reader stopped and has reported why.
         }
         if let Err(e) = stream.write_all(&buf) {
@@ -557,25 +557,25 @@ fn writer(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// The reader thread: reads the replies owed for each batch, in order, and reports each batch.
+/// The reader thread: reads the replies owed for each batch, in order (each within the wait the
+/// writer gave it, see [`reply_wait`]), and reports each batch.
 fn reader(
     addr: String,
     stream: TcpStream,
-    reply_timeout: Duration,
-    owed: Receiver<(u64, usize)>,
+    owed: Receiver<(u64, usize, Duration)>,
     events: Reporter,
 ) {
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
     loop {
-        let (id, replies) = match owed.recv_timeout(Duration::from_secs(1)) {
+        let (id, replies, wait) = match owed.recv_timeout(Duration::from_secs(1)) {
             Ok(next) => next,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut first_error: Option<String> = None;
         for _ in 0..replies {
-            let deadline = Instant::now() + reply_timeout;
+            let deadline = Instant::now() + wait;
             line.clear();
             loop {
                 match input.read_until(b'\n', &mut line) {
@@ -594,7 +594,7 @@ fn reader(
                         if Instant::now() >= deadline {
                             let _ = events.send(Event::Down(format!(
                                 "{addr}: no reply within {} ms",
-                                reply_timeout.as_millis()
+                                wait.as_millis()
                             )));
                             return;
                         }
@@ -635,6 +635,17 @@ fn reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_batches_get_longer_to_answer() {
+        let base = Duration::from_secs(5);
+        assert_eq!(reply_wait(base, 0), base);
+        assert_eq!(reply_wait(base, 1 << 20), base + Duration::from_millis(104));
+        assert_eq!(
+            reply_wait(base, 1_000_000_000),
+            base + Duration::from_secs(100)
+        );
+    }
 
     #[test]
     fn import_specs_round_trip_and_reject_anything_else() {

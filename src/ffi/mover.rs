@@ -71,8 +71,8 @@ const IDLE_PERIOD_MS: i64 = 100;
 /// Wait after a failed link or a refused batch before the next attempt (doubling, see
 /// [`Task::failed`]).
 const RETRY_BACKOFF_MS: u64 = 500;
-/// How long the destination may take to answer a batch (or the connection to be made) before the
-/// link is dropped and its batches parked.
+/// How long the destination may take to answer a batch (plus a second per 10 MB of it, see
+/// `transfer::reply_wait`) before the link is dropped and its batches parked.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A tick this long is logged.
