@@ -7,6 +7,8 @@
 #                       not part of `make test`. BENCH_ARGS are passed to bench/bench.py.
 #   make bench-migration  slot migration benchmark (10 M keys x 100 B by default; not part of
 #                       `make test`). MIGRATION_ARGS are passed to bench/migration.py (--keys N).
+#   make bench-native-reshard  the same move by native Redis Cluster and `redis-cli --cluster
+#                       reshard` (the baseline). RESHARD_ARGS go to bench/native_reshard.py.
 #   make fuzz           every cargo-fuzz target for FUZZ_SECONDS (default 60) each (needs cargo-fuzz)
 #   make valgrind       the hardening tests with redis-server under valgrind; reports module leaks
 #
@@ -24,7 +26,7 @@ SENTINELS ?= 0
 DOWN_AFTER ?= 5000
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench bench-migration fuzz valgrind
+.PHONY: all build build-debug cluster cluster-stop test test-rust test-python venv node-deps lint fmt clean bench bench-migration bench-native-reshard fuzz valgrind
 
 all: build
 
@@ -69,6 +71,9 @@ bench: build
 
 bench-migration: build
 	$(PYTHON) bench/migration.py $(MIGRATION_ARGS)
+
+bench-native-reshard:
+	$(PYTHON) bench/native_reshard.py $(RESHARD_ARGS)
 
 valgrind: build-debug venv
 	VENV=$(VENV) scripts/valgrind.sh
