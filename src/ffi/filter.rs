@@ -21,14 +21,14 @@
 //! calls (registered with `NOSELF`), and calls with no client at all.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use redis_module::raw;
 
 use super::client::{self, Caller};
 use super::{
     guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
-    rm, string_bytes,
+    rm, string_bytes, DetachedContext,
 };
 use crate::command_table::{parse_strict_i64, CmdFlags, Keys, Role};
 use crate::router::{self, ClientView, Decision, Fast, SlotRoute};
@@ -51,21 +51,7 @@ const SCRIPT_CLUSTER_DOWN: &str =
     "ERR Script attempted to execute a command while the cluster is down";
 
 /// A thread-safe context kept for key-existence checks (the filter has no context of its own).
-static EXISTS_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Sets the context used for key-existence checks (module load).
-pub fn set_exists_context(ctx: *mut raw::RedisModuleCtx) {
-    EXISTS_CTX.store(ctx, Ordering::Relaxed);
-}
-
-/// Frees the key-existence context (module unload, after the filter is gone for good).
-pub fn free_exists_context() {
-    let ctx = EXISTS_CTX.swap(std::ptr::null_mut(), Ordering::Relaxed);
-    if !ctx.is_null() {
-        // SAFETY: made by RedisModule_GetDetachedThreadSafeContext at load, freed once (swapped out).
-        unsafe { rm!(RedisModule_FreeThreadSafeContext)(ctx) };
-    }
-}
+pub static EXISTS_CTX: DetachedContext = DetachedContext::new();
 
 /// Entry point registered with `RedisModule_RegisterCommandFilter`.
 ///
@@ -474,7 +460,7 @@ unsafe fn server_keys(f: &Filter, out: &mut KeyArgs) -> bool {
         .collect();
     let mut argv = argv;
     let mut num = 0 as c_int;
-    let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    let ctx = EXISTS_CTX.get();
     if ctx.is_null() {
         // Not loaded yet or being unloaded: no keys known, the command is left as it is.
         return false;
@@ -767,7 +753,7 @@ pub(super) unsafe fn importing_from_caller(
 
 /// Whether `key` exists in database `db`.
 unsafe fn key_exists(db: i32, key: &Arg) -> bool {
-    let ctx = EXISTS_CTX.load(Ordering::Relaxed);
+    let ctx = EXISTS_CTX.get();
     if ctx.is_null() {
         return false;
     }

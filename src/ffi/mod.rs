@@ -70,6 +70,47 @@ fn panic_message(what: &str, payload: Box<dyn std::any::Any + Send>) -> String {
     text
 }
 
+/// A detached thread-safe context the module makes at load and frees at unload, for server calls
+/// made where the server passes no context (the command filter, one-shot events).
+pub struct DetachedContext(std::sync::atomic::AtomicPtr<raw::RedisModuleCtx>);
+
+impl Default for DetachedContext {
+    fn default() -> DetachedContext {
+        DetachedContext::new()
+    }
+}
+
+impl DetachedContext {
+    pub const fn new() -> DetachedContext {
+        DetachedContext(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    /// Makes the context (module load, `ctx` the load context).
+    ///
+    /// # Safety
+    /// `ctx` is a valid module context.
+    pub unsafe fn make(&self, ctx: *mut raw::RedisModuleCtx) {
+        let made = rm!(RedisModule_GetDetachedThreadSafeContext)(ctx);
+        self.0.store(made, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The context, null before load or after unload.
+    pub fn get(&self) -> *mut raw::RedisModuleCtx {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Frees the context (module unload).
+    pub fn free(&self) {
+        let ctx = self
+            .0
+            .swap(std::ptr::null_mut(), std::sync::atomic::Ordering::Relaxed);
+        if !ctx.is_null() {
+            // SAFETY: made by `make`, freed once (swapped out).
+            unsafe { rm!(RedisModule_FreeThreadSafeContext)(ctx) };
+        }
+    }
+}
+
 /// Writes a line to the server log at `warning` level.
 pub fn log_warning(msg: &str) {
     log("warning", msg);

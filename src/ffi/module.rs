@@ -155,8 +155,8 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
         }
         events::subscribe(ctx)?;
         rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback));
-        filter::set_exists_context(rm!(RedisModule_GetDetachedThreadSafeContext)(ctx));
-        super::mover::set_timer_context(rm!(RedisModule_GetDetachedThreadSafeContext)(ctx));
+        filter::EXISTS_CTX.make(ctx);
+        super::mover::TIMER_CTX.make(ctx);
         if !client::locate_server_symbol() {
             log_warning(
                 "umcluster: the server does not export its 'server' symbol: client identity is \
@@ -270,7 +270,7 @@ fn unload() -> Status {
         return Status::Err;
     }
     state::clear();
-    filter::free_exists_context();
-    super::mover::free_timer_context();
+    filter::EXISTS_CTX.free();
+    super::mover::TIMER_CTX.free();
     Status::Ok
 }

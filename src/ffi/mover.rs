@@ -37,13 +37,13 @@
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis_module::raw;
 
-use super::{call, guard, log_notice, log_warning, rm, string_bytes};
+use super::{call, guard, log_notice, log_warning, rm, string_bytes, DetachedContext};
 use crate::migration::{
     loop_idle, tick_budget, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET,
 };
@@ -97,8 +97,9 @@ static WAITING: AtomicBool = AtomicBool::new(false);
 /// too, see [`wake_if_waiting`]).
 static SOON_QUEUED: AtomicBool = AtomicBool::new(false);
 
-/// Context for arming timers outside a timer callback (see [`schedule_soon`]).
-static TIMER_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(std::ptr::null_mut());
+/// Context for arming timers outside a timer callback (see [`schedule_soon`]): made at load,
+/// used on the main thread only, for `RedisModule_CreateTimer`/`StopTimer`.
+pub static TIMER_CTX: DetachedContext = DetachedContext::new();
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -140,21 +141,6 @@ unsafe fn arm(ctx: *mut raw::RedisModuleCtx, period_ms: i64) {
     ARMED.with(|a| a.set(Some(id)));
 }
 
-/// Sets the context [`run_soon`] creates its timer with (module load; a detached thread-safe
-/// context, used on the main thread only for `RedisModule_CreateTimer`/`StopTimer`).
-pub fn set_timer_context(ctx: *mut raw::RedisModuleCtx) {
-    TIMER_CTX.store(ctx, Ordering::Relaxed);
-}
-
-/// Frees the context of [`set_timer_context`] (module unload).
-pub fn free_timer_context() {
-    let ctx = TIMER_CTX.swap(std::ptr::null_mut(), Ordering::Relaxed);
-    if !ctx.is_null() {
-        // SAFETY: made by RedisModule_GetDetachedThreadSafeContext at load, freed once (swapped out).
-        unsafe { rm!(RedisModule_FreeThreadSafeContext)(ctx) };
-    }
-}
-
 /// Whether a tick is queued for the next pass of the event loop (module unload must wait).
 pub fn tick_queued() -> bool {
     SOON_QUEUED.load(Ordering::Acquire)
@@ -169,45 +155,41 @@ pub fn tick_queued() -> bool {
 /// as every other tick). Falls back to the 1 ms timer on a server without one-shot events.
 /// Returns whether the tick was queued that way.
 unsafe fn schedule_soon(ctx: *mut raw::RedisModuleCtx) -> bool {
-    if SOON_QUEUED.swap(true, Ordering::AcqRel) {
-        return true;
-    }
-    let queued = match raw::RedisModule_EventLoopAddOneShot {
-        Some(add) if !TIMER_CTX.load(Ordering::Relaxed).is_null() => {
-            add(Some(run_soon), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int
-        }
-        _ => false,
-    };
+    let queued = queue_soon();
     if !queued {
-        SOON_QUEUED.store(false, Ordering::Release);
         arm(ctx, TICK_PERIOD_MS);
     }
     queued
 }
 
 /// The link's wake-up (called on its threads after each event): when the main thread waits for
-/// acknowledgements, queues a tick for the next pass of the event loop (one-shot events may be
-/// added from any thread). The timer stays armed as the fallback.
+/// acknowledgements, queues a tick for the next pass of the event loop. The timer stays armed as
+/// the fallback.
 fn wake_if_waiting() {
-    if !WAITING.swap(false, Ordering::AcqRel) {
-        return;
+    if WAITING.swap(false, Ordering::AcqRel) {
+        queue_soon();
     }
-    if TIMER_CTX.load(Ordering::Relaxed).is_null() {
-        return;
-    }
+}
+
+/// Queues [`run_soon`] as a one-shot event unless one is queued already (any thread may: the
+/// server locks its one-shot queue). False when the server cannot: no one-shot events, or no
+/// timer context.
+fn queue_soon() -> bool {
     if SOON_QUEUED.swap(true, Ordering::AcqRel) {
-        return; // one is queued already
+        return true;
     }
-    // SAFETY: reading a function pointer RedisModule_Init filled in and never changes; the
-    // server's one-shot queue is locked, and `run_soon` runs on the main thread.
-    let queued = unsafe {
-        raw::RedisModule_EventLoopAddOneShot.is_some_and(|add| {
-            add(Some(run_soon), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int
-        })
-    };
+    // SAFETY: reading a function pointer RedisModule_Init filled in and never changes;
+    // `run_soon` runs on the main thread.
+    let queued = !TIMER_CTX.get().is_null()
+        && unsafe {
+            raw::RedisModule_EventLoopAddOneShot.is_some_and(|add| {
+                add(Some(run_soon), std::ptr::null_mut()) == raw::REDISMODULE_OK as c_int
+            })
+        };
     if !queued {
         SOON_QUEUED.store(false, Ordering::Release);
     }
+    queued
 }
 
 extern "C" fn run_soon(_data: *mut c_void) {
@@ -215,7 +197,7 @@ extern "C" fn run_soon(_data: *mut c_void) {
     guard(
         "the migration wake-up",
         || {
-            let ctx = TIMER_CTX.load(Ordering::Relaxed);
+            let ctx = TIMER_CTX.get();
             if ctx.is_null() {
                 return;
             }
