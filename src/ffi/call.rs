@@ -41,19 +41,37 @@ pub unsafe fn call_with(
         .iter()
         .map(|a| rm!(RedisModule_CreateString)(ctx, a.as_ptr().cast(), a.len()))
         .collect();
+    let reply = call_strings(ctx, &name, &mut argv, format);
+    for s in argv {
+        rm!(RedisModule_FreeString)(ctx, s);
+    }
+    reply
+}
+
+/// Like [`call_with`], with arguments the caller holds as server strings already: nothing is
+/// copied, whatever their size.
+///
+/// # Safety
+/// `ctx` must be a valid module context for the current thread, and `argv` valid strings.
+pub unsafe fn call_strings(
+    ctx: *mut raw::RedisModuleCtx,
+    command: &std::ffi::CStr,
+    argv: &mut [*mut raw::RedisModuleString],
+    format: &std::ffi::CStr,
+) -> Result<Value, String> {
     let reply = rm!(RedisModule_Call)(
         ctx,
-        name.as_ptr(),
+        command.as_ptr(),
         format.as_ptr(),
         argv.as_mut_ptr(),
         argv.len(),
     );
-    for s in argv {
-        rm!(RedisModule_FreeString)(ctx, s);
-    }
     if reply.is_null() {
         let errno = std::io::Error::last_os_error();
-        return Err(format!("{command} could not be called: {errno}"));
+        return Err(format!(
+            "{} could not be called: {errno}",
+            command.to_string_lossy()
+        ));
     }
     let value = to_value(reply, 0);
     rm!(RedisModule_FreeCallReply)(reply);

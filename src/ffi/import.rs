@@ -21,11 +21,12 @@ use redis_module::raw;
 
 use super::client::Caller;
 use super::filter::importing_from_caller;
-use super::{guard, rm, string_bytes};
+use super::{call, guard, rm, string_bytes};
+use crate::resp::{itoa, Value};
 use crate::router::SlotRoute;
 use crate::slot::key_slot;
 use crate::state::{self, State};
-use crate::transfer::{parse_import_spec, ImportKind};
+use crate::transfer::{parse_import_spec, ImportKind, IMPORT_COMMAND};
 
 /// Flags of `umcluster.import`: a write (refused on a read-only replica and under OOM like
 /// `RESTORE`), not from scripts.
@@ -139,9 +140,13 @@ unsafe fn import(
         return Err("ERR umcluster.import: DB index is out of range".into());
     }
     let now_ms = rm!(RedisModule_Milliseconds)();
+    // RESTORE's fixed arguments, made once for the batch's payloads.
+    let replace = rm!(RedisModule_CreateString)(ctx, c"REPLACE".as_ptr(), 7);
+    let absttl = rm!(RedisModule_CreateString)(ctx, c"ABSTTL".as_ptr(), 6);
     // Entries a master deleted because they expired on the way (propagated as tombstones).
     let mut expired: Vec<usize> = Vec::new();
-    let mut result = Ok(());
+    // The entry the server refused, if any: it and the ones after it are not applied.
+    let mut refused: Option<(usize, String)> = None;
     for (n, e) in entries.iter().enumerate() {
         let name = args[e.key];
         let past = !obey && e.expire_at_ms > 0 && e.expire_at_ms <= now_ms;
@@ -166,45 +171,15 @@ unsafe fn import(
                 notify(ctx, name, c"restore");
             }
             ImportKind::Dump => {
-                let ttl = e.expire_at_ms.max(0) as std::os::raw::c_longlong;
-                let reply = rm!(RedisModule_Call)(
-                    ctx,
-                    c"RESTORE".as_ptr(),
-                    c"slscc".as_ptr(),
-                    name,
-                    ttl,
-                    args[e.value],
-                    c"REPLACE".as_ptr(),
-                    c"ABSTTL".as_ptr(),
-                );
-                let failed = reply.is_null()
-                    || rm!(RedisModule_CallReplyType)(reply)
-                        == raw::REDISMODULE_REPLY_ERROR as c_int;
-                if failed {
-                    let mut len = 0usize;
-                    let ptr = if reply.is_null() {
-                        std::ptr::null()
-                    } else {
-                        rm!(RedisModule_CallReplyStringPtr)(reply, &mut len)
-                    };
-                    let text = if ptr.is_null() {
-                        "ERR umcluster.import: RESTORE failed".to_string()
-                    } else {
-                        String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast(), len))
-                            .into_owned()
-                    };
-                    if !reply.is_null() {
-                        rm!(RedisModule_FreeCallReply)(reply);
-                    }
-                    // What came before is applied (and propagated below); the source sends the
-                    // whole batch again, which is harmless: every entry replaces.
-                    result = Err(text);
-                    expired.retain(|&i| i < n);
-                    propagate(ctx, args, &entries[..n], &expired);
-                    rm!(RedisModule_SelectDb)(ctx, previous_db);
-                    return result;
+                let (digits, len) = itoa(e.expire_at_ms.max(0));
+                let ttl = rm!(RedisModule_CreateString)(ctx, digits.as_ptr().cast(), len);
+                let mut argv = [name, ttl, args[e.value], replace, absttl];
+                let reply = call::call_strings(ctx, c"RESTORE", &mut argv, c"vE");
+                rm!(RedisModule_FreeString)(ctx, ttl);
+                if let Ok(Value::Error(text)) | Err(text) = reply {
+                    refused = Some((n, text));
+                    break;
                 }
-                rm!(RedisModule_FreeCallReply)(reply);
             }
             ImportKind::Tombstone => {
                 let key = rm!(RedisModule_OpenKey)(
@@ -222,9 +197,14 @@ unsafe fn import(
             }
         }
     }
-    propagate(ctx, args, &entries, &expired);
+    rm!(RedisModule_FreeString)(ctx, replace);
+    rm!(RedisModule_FreeString)(ctx, absttl);
+    // What came before a refused entry is applied, and propagated; the source sends the whole
+    // batch again, which is harmless: every entry replaces.
+    let applied = refused.as_ref().map_or(entries.len(), |(n, _)| *n);
+    propagate(ctx, args, &entries[..applied], &expired);
     rm!(RedisModule_SelectDb)(ctx, previous_db);
-    result
+    refused.map_or(Ok(()), |(_, text)| Err(text))
 }
 
 /// What `RESTORE` and `DEL` tell the rest of the server about a key.
@@ -272,9 +252,11 @@ unsafe fn propagate(
             out.push(args[e.value]);
         }
     }
+    // The command's own name, as registered (`IMPORT_COMMAND`).
+    let command = std::ffi::CString::new(IMPORT_COMMAND).unwrap_or_default();
     rm!(RedisModule_Replicate)(
         ctx,
-        c"umcluster.import".as_ptr(),
+        command.as_ptr(),
         c"v".as_ptr(),
         out.as_mut_ptr(),
         out.len(),
