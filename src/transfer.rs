@@ -196,23 +196,20 @@ fn integer_like(value: &[u8]) -> bool {
 
 /// Appends the `umcluster.import` command of `batch` to `out`; it produces one reply.
 pub fn encode_import(batch: &Batch, out: &mut Vec<u8>) -> usize {
-    // Integer-like strings go as payloads, built first so the argument list can borrow them.
+    // Each entry's kind, and the payloads of integer-like strings, decided once; the payloads
+    // are built before the argument list so that it can borrow them.
     let mut payloads: Vec<Vec<u8>> = Vec::new();
-    for e in &batch.entries {
-        if let Payload::Str(value) = &e.payload {
-            if integer_like(value) {
-                let mut p = Vec::with_capacity(value.len() + 16);
-                string_dump_payload(value, &mut p);
-                payloads.push(p);
-            }
-        }
-    }
     let specs: Vec<([u8; 24], usize)> = batch
         .entries
         .iter()
         .map(|e| {
             let kind = match &e.payload {
-                Payload::Str(v) if integer_like(v) => ImportKind::Dump,
+                Payload::Str(v) if integer_like(v) => {
+                    let mut p = Vec::with_capacity(v.len() + 16);
+                    string_dump_payload(v, &mut p);
+                    payloads.push(p);
+                    ImportKind::Dump
+                }
                 Payload::Str(_) => ImportKind::Str,
                 Payload::Dump(_) => ImportKind::Dump,
                 Payload::Tombstone => ImportKind::Tombstone,
