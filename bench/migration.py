@@ -154,6 +154,11 @@ def info_field(port, section, name):
     return None
 
 
+def server_version():
+    """The `v=...` field of `redis-server --version`, for the result's heading."""
+    return subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+
+
 def used_memory(port):
     for line in cli(port, "INFO", "memory").splitlines():
         if line.startswith("used_memory:"):
@@ -254,7 +259,7 @@ def main():
         rb, rd = statistics.median(before), (statistics.median(during) if during else 0.0)
         print()
         print(f"Slot migration, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-              f"{os.cpu_count()} cores, {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
+              f"{os.cpu_count()} cores, {server_version()}")
         print("| keys moved | value MB | seconds | keys/s | MB/s | longest PING during (ms) | "
               "longest PING before, under load (ms) | "
               "throughput before (rps) | during (rps) | during/before | bytes moved (reported) |")

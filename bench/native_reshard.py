@@ -20,15 +20,15 @@ import datetime
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from migration import cli, pinger, wait_until  # noqa: E402  (same probes as the module's benchmark)
+from migration import cli, pinger, server_version, wait_until  # noqa: E402  (same probes as the module's benchmark)
 
-import socket  # noqa: E402
 
 KEEP_SLOT = 16383
 
@@ -108,7 +108,7 @@ def main():
         mb = moved * args.size / 1e6
         print()
         print(f"Native reshard, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-              f"{os.cpu_count()} cores, {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
+              f"{os.cpu_count()} cores, {server_version()}, "
               f"--cluster-pipeline {args.pipeline}")
         print("| keys moved | value MB | seconds | keys/s | MB/s | longest PING (ms) |")
         print("|---|---|---|---|---|---|")

@@ -178,9 +178,13 @@ impl Raw {
 
     /// Sends one command without reading the reply (pipelining, blocking commands).
     pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        self.try_send(args).expect("write to node");
+    }
+
+    fn try_send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<()> {
         let mut out = Vec::new();
         encode_command(&mut out, args);
-        self.stream.write_all(&out).expect("write to node");
+        self.stream.write_all(&out)
     }
 
     /// Reads one reply.
@@ -190,9 +194,7 @@ impl Raw {
 
     /// Sends one command and returns its reply, or the I/O error (a closed connection too).
     pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Value> {
-        let mut out = Vec::new();
-        encode_command(&mut out, args);
-        self.stream.write_all(&out)?;
+        self.try_send(args)?;
         self.try_read()
     }
 
