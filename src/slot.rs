@@ -121,6 +121,234 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
     crc
 }
 
+/// Carry-less multiplication (`PCLMULQDQ`): the slot of a key in a few instructions per 8 bytes,
+/// where the table needs two lookups per 2 bytes. x86-64 only, and only where the CPU has the
+/// instruction: the module checks at load ([`clmul::available`]) and registers the filter built
+/// with it, or the portable one. Written as inline assembly rather than with
+/// `#[target_feature]` functions, which cannot be inlined into the filter (its closures, and
+/// everything it calls, would need the feature too).
+///
+/// The arithmetic: with `M(x)` the key's bits (first byte highest), CRC16 is `M(x)·x^16 mod P(x)`,
+/// `P = 0x11021`. Keys are cut into 8-byte words from the end, so the first word is the short
+/// one. A word `w` (a polynomial of degree < 64) after a prefix whose CRC is `c` gives
+/// `(c·x^48 + w)·x^16 mod P`, a value `a·x^16 mod P` with `deg a < 64`. Its quotient by `P` is
+/// exactly `floor(a·μ / x^64)` with `μ = floor(x^80 / P)` (Barrett reduction is exact for
+/// polynomials: the error term has degree < 80 and vanishes in the division by `x^64`), and
+/// `μ = x^64 + μ_low` makes that `a ^ high64(clmul(a, μ_low))`. The remainder's low 16 bits are
+/// those of `clmul(q, 0x1021)` (the `x^16·q` part has none), and it has no others.
+#[cfg(target_arch = "x86_64")]
+pub mod clmul {
+    use std::arch::x86_64::{
+        __m128i, _mm_cvtsi128_si32, _mm_movemask_epi8, _mm_set1_epi8, _mm_set_epi64x,
+    };
+
+    /// `floor(x^80 / P)` without its `x^64` term.
+    const MU_LOW: u64 = {
+        let p: u128 = 0x11021;
+        let mut rem: u128 = 1 << 80;
+        let mut q: u128 = 0;
+        let mut bit = 80;
+        while bit >= 16 {
+            if rem & (1 << bit) != 0 {
+                rem ^= p << (bit - 16);
+                q |= 1 << (bit - 16);
+            }
+            bit -= 1;
+        }
+        assert!(q >> 64 == 1);
+        q as u64
+    };
+
+    /// Whether this CPU can run [`key_slot`] (checked once, at load).
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+
+    /// One 8-byte word: `crc := (crc·x^48 + w)·x^16 mod P` and `braces |= (bytes of w == '{')`.
+    /// Both stay in XMM registers from word to word: `crc` in the low 16 bits of its low lane
+    /// (the bits above are left over from the multiplication and shifted out here), `braces`
+    /// one byte per byte of `w`. `mu` holds `μ_low`, `p` 0x1021 and `open` sixteen `{`.
+    ///
+    /// # Safety
+    /// The CPU must have `PCLMULQDQ`.
+    #[inline(always)]
+    unsafe fn step(crc: &mut __m128i, braces: &mut __m128i, w: u64, k: &Constants) {
+        // SAFETY: register-only arithmetic; the caller guarantees the instruction exists.
+        unsafe {
+            std::arch::asm!(
+                "movq {a}, {w}",
+                "movdqa {t}, {a}",
+                "pcmpeqb {t}, {open}",
+                "por {braces}, {t}",
+                "psllq {crc}, 48",
+                "pxor {a}, {crc}",
+                "movdqa {crc}, {a}",
+                "pclmulqdq {crc}, {mu}, 0",
+                "psrldq {crc}, 8",
+                "pxor {crc}, {a}",
+                "pclmulqdq {crc}, {p}, 0",
+                w = in(reg) w,
+                crc = inout(xmm_reg) *crc,
+                braces = inout(xmm_reg) *braces,
+                mu = in(xmm_reg) k.mu,
+                p = in(xmm_reg) k.p,
+                open = in(xmm_reg) k.open,
+                a = out(xmm_reg) _,
+                t = out(xmm_reg) _,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+    }
+
+    /// [`step`] for the first word (the CRC before it is zero): `(crc, braces)`.
+    ///
+    /// # Safety
+    /// As [`step`].
+    #[inline(always)]
+    unsafe fn first_step(w: u64, k: &Constants) -> (__m128i, __m128i) {
+        let (crc, braces);
+        // SAFETY: as in `step`.
+        unsafe {
+            std::arch::asm!(
+                "movq {a}, {w}",
+                "movdqa {braces}, {a}",
+                "pcmpeqb {braces}, {open}",
+                "movdqa {crc}, {a}",
+                "pclmulqdq {crc}, {mu}, 0",
+                "psrldq {crc}, 8",
+                "pxor {crc}, {a}",
+                "pclmulqdq {crc}, {p}, 0",
+                w = in(reg) w,
+                crc = out(xmm_reg) crc,
+                braces = out(xmm_reg) braces,
+                mu = in(xmm_reg) k.mu,
+                p = in(xmm_reg) k.p,
+                open = in(xmm_reg) k.open,
+                a = out(xmm_reg) _,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        (crc, braces)
+    }
+
+    struct Constants {
+        mu: __m128i,
+        p: __m128i,
+        open: __m128i,
+    }
+
+    /// A key of 1 to 7 bytes as a big-endian number.
+    #[inline(always)]
+    fn head_word(head: &[u8]) -> u64 {
+        let n = head.len();
+        // Two overlapping reads; the bytes they share are equal, so OR keeps them.
+        if n >= 4 {
+            let lo = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+            let hi = u32::from_be_bytes([head[n - 4], head[n - 3], head[n - 2], head[n - 1]]);
+            (lo << (8 * (n - 4))) | hi as u64
+        } else if n >= 2 {
+            let lo = u16::from_be_bytes([head[0], head[1]]) as u64;
+            let hi = u16::from_be_bytes([head[n - 2], head[n - 1]]);
+            (lo << (8 * (n - 2))) | hi as u64
+        } else {
+            head[0] as u64
+        }
+    }
+
+    /// [`super::key_slot`] with carry-less multiplication. The search for a hash tag's `{`
+    /// rides on the words the CRC reads (a head word's padding bytes are zero, never `{`); a key
+    /// that has one is hashed again, over its tag if it has one.
+    ///
+    /// # Safety
+    /// The CPU must have `PCLMULQDQ` ([`available`]).
+    #[inline(always)]
+    pub unsafe fn key_slot(key: &[u8]) -> u16 {
+        // SAFETY: the caller guarantees the instruction.
+        let (crc, braces) = unsafe { crc16(key) };
+        if braces {
+            // SAFETY: as above.
+            return unsafe { tagged_key_slot(key, crc) };
+        }
+        crc & super::MAX_SLOT
+    }
+
+    /// [`super::key_slot`] with the hash tag looked for before the CRC, for the keys of
+    /// multi-key commands, which in a cluster usually share a tag (`MSET {u1}.a 1 {u1}.b 2`):
+    /// [`key_slot`] would hash such a key twice.
+    ///
+    /// # Safety
+    /// As [`key_slot`].
+    #[inline(always)]
+    pub unsafe fn tag_first_key_slot(key: &[u8]) -> u16 {
+        // SAFETY: as above.
+        unsafe { crc16(super::hash_tag(key)) }.0 & super::MAX_SLOT
+    }
+
+    /// The slot of a key that holds a `{`: its tag's CRC, or `crc` (the whole key's) if it has
+    /// no tag.
+    ///
+    /// # Safety
+    /// As [`key_slot`].
+    #[inline(never)]
+    unsafe fn tagged_key_slot(key: &[u8], crc: u16) -> u16 {
+        let tag = super::hash_tag(key);
+        if tag.len() == key.len() {
+            return crc & super::MAX_SLOT;
+        }
+        // SAFETY: as above.
+        unsafe { crc16(tag) }.0 & super::MAX_SLOT
+    }
+
+    /// CRC16 of `bytes`, and whether one of them is `{`.
+    ///
+    /// # Safety
+    /// As [`key_slot`].
+    #[inline(always)]
+    unsafe fn crc16(bytes: &[u8]) -> (u16, bool) {
+        let n = bytes.len();
+        let be_word =
+            |b: &[u8]| u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let (head, rest) = bytes.split_at(n % 8);
+        let mut words = rest.chunks_exact(8);
+        // The first word: the first `n % 8` bytes, or the first 8.
+        let first = if n >= 8 {
+            let eight = be_word(&bytes[..8]);
+            if head.is_empty() {
+                words.next();
+                eight
+            } else {
+                // The first eight bytes without the ones after the head: no second read.
+                eight >> (64 - 8 * head.len())
+            }
+        } else if n > 0 {
+            head_word(head)
+        } else {
+            return (0, false);
+        };
+        // SAFETY: SSE2 is part of x86-64.
+        let k = unsafe {
+            Constants {
+                mu: _mm_set_epi64x(0, MU_LOW as i64),
+                p: _mm_set_epi64x(0, 0x1021),
+                open: _mm_set1_epi8(b'{' as i8),
+            }
+        };
+        // SAFETY: the caller guarantees the instruction.
+        let (mut crc, mut braces) = unsafe { first_step(first, &k) };
+        for word in words {
+            // SAFETY: as above.
+            unsafe { step(&mut crc, &mut braces, be_word(word), &k) };
+        }
+        // SAFETY: SSE2.
+        unsafe {
+            (
+                _mm_cvtsi128_si32(crc) as u16,
+                _mm_movemask_epi8(braces) != 0,
+            )
+        }
+    }
+}
+
 const CRC16_TABLE2: [u16; 256] = {
     let mut table = [0u16; 256];
     let mut i = 0;
@@ -155,6 +383,47 @@ const CRC16_TABLE: [u16; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn carry_less_slots_equal_the_table_ones_for_every_length_and_brace_position() {
+        if !clmul::available() {
+            eprintln!("no PCLMULQDQ on this CPU: nothing to compare");
+            return;
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for len in 0..80 {
+            for round in 0..200 {
+                let mut key: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                // Some keys with braces at random places, some with bytes next to `{` (0x7a,
+                // 0x7c) and 0x00/0xff, where a word-wide byte test could go wrong.
+                if round % 3 == 0 && len > 0 {
+                    for _ in 0..(next() % 3) {
+                        let at = next() as usize % len;
+                        key[at] = [b'{', b'}', 0x7a, 0x7c, 0, 0xff][next() as usize % 6];
+                    }
+                }
+                // SAFETY: `available()` said the CPU has the instructions.
+                let fast = unsafe { clmul::key_slot(&key) };
+                assert_eq!(fast, key_slot(&key), "key {key:?}");
+                // SAFETY: as above.
+                let tag_first = unsafe { clmul::tag_first_key_slot(&key) };
+                assert_eq!(tag_first, key_slot(&key), "key {key:?}");
+            }
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { clmul::key_slot(b"123456789") }, 0x31C3 & MAX_SLOT);
+        assert_eq!(
+            unsafe { clmul::key_slot(b"{user1000}.following") },
+            key_slot(b"user1000")
+        );
+    }
 
     #[test]
     fn slots_match_native_cluster_reference_values() {
