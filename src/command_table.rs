@@ -118,6 +118,9 @@ pub struct CommandEntry {
     /// The arity as a range: `argc_min..=argc_min + argc_extra` arguments.
     argc_min: usize,
     argc_extra: usize,
+    /// [`FastPlan::OneKey`]'s position, `usize::MAX` for any other plan: "is there a key at a
+    /// fixed position, and is it among the arguments" in one comparison ([`Self::one_key_at`]).
+    one_key_pos: usize,
 }
 
 /// What the router's fast path does with a command, decided once when the table is built so that
@@ -169,6 +172,13 @@ impl CommandEntry {
     pub fn arity_ok(&self, argc: usize) -> bool {
         // One comparison: `argc - min` (wrapping) within the span the arity allows.
         argc.wrapping_sub(self.argc_min) <= self.argc_extra
+    }
+
+    /// The position of the command's one key ([`FastPlan::OneKey`]) when it is among `argc`
+    /// arguments.
+    #[inline(always)]
+    pub fn one_key_at(&self, argc: usize) -> Option<usize> {
+        (self.one_key_pos < argc).then_some(self.one_key_pos)
     }
 }
 
@@ -385,8 +395,10 @@ const EMPTY_SHORT: ShortEntry = ShortEntry {
 };
 
 #[inline(always)]
-fn short_hash(word: u64, len: usize) -> usize {
-    ((word ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize
+fn short_hash(word: u64) -> usize {
+    // The length is not mixed in: two names with the same word differ only by trailing NUL
+    // bytes, and the entries compare lengths anyway.
+    (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize
 }
 
 #[derive(Clone, Debug)]
@@ -535,7 +547,7 @@ impl<T> NameMap<T> {
             i = (i + 1) & self.mask;
         }
         if words.len <= 8 {
-            let bucket = &mut self.short[short_hash(words.lo, words.len) & self.mask];
+            let bucket = &mut self.short[short_hash(words.lo) & self.mask];
             if let Some(free) = bucket.iter_mut().find(|e| e.len == EMPTY_SHORT.len) {
                 *free = ShortEntry {
                     word: words.lo,
@@ -583,21 +595,33 @@ impl<T> NameMap<T> {
     /// Finds `name`, ignoring ASCII case.
     #[inline(always)]
     pub fn get(&self, name: &[u8]) -> Option<&T> {
-        if name.len() <= 8 {
-            let word = load_word(name);
-            if let Some(bucket) = self.short.get(short_hash(word, name.len()) & self.mask) {
-                for e in bucket {
-                    if e.word == word && e.len == name.len() {
-                        return self.values.get(e.value);
-                    }
-                }
-            }
+        if let Some(value) = self.get_short(name) {
+            return Some(value);
         }
         let words = raw_words(name);
         match self.probe(&words, name) {
             Some(index) => self.values.get(index),
             None => self.get_folded(words, name),
         }
+    }
+
+    /// A name of up to 8 bytes, exactly as stored (all lower or all upper case), from the
+    /// short-name index only: `None` means "not there", not "unknown" (see [`NameMap::get`]).
+    #[inline(always)]
+    pub fn get_short(&self, name: &[u8]) -> Option<&T> {
+        if name.len() > 8 {
+            return None;
+        }
+        self.get_short_word(load_word(name), name.len())
+    }
+
+    /// [`NameMap::get_short`] for a name already loaded as a little-endian word, zero-padded
+    /// (`len` at most 8).
+    #[inline(always)]
+    pub fn get_short_word(&self, word: u64, len: usize) -> Option<&T> {
+        let bucket = self.short.get(short_hash(word) & self.mask)?;
+        let e = bucket.iter().find(|e| e.word == word && e.len == len)?;
+        self.values.get(e.value)
     }
 
     /// The second probe of [`NameMap::get`]: the name lower-cased (mixed case, or unknown).
@@ -648,6 +672,13 @@ impl CommandTable {
     #[inline]
     pub fn get(&self, name: &[u8]) -> Option<&CommandEntry> {
         self.commands.get(name)
+    }
+
+    /// [`CommandTable::get`] for the usual spelling (all lower or all upper case) of a name of
+    /// up to 8 bytes, loaded as a little-endian word (see [`NameMap::get_short`]).
+    #[inline(always)]
+    pub fn get_short_word(&self, word: u64, len: usize) -> Option<&CommandEntry> {
+        self.commands.get_short_word(word, len)
     }
 
     /// Resolves a command from its first two arguments, as the server's `lookupCommand()` does:
@@ -768,6 +799,10 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
     Ok(CommandEntry {
         argc_min,
         argc_extra,
+        one_key_pos: match fast {
+            FastPlan::OneKey(pos) => pos as usize,
+            _ => usize::MAX,
+        },
         name: short_name.into_boxed_slice(),
         arity,
         flags,

@@ -75,6 +75,16 @@ pub trait Args<'a> {
     fn bytes(&self, i: usize) -> Option<&'a [u8]>;
     /// Argument `i` parsed as the server parses integers.
     fn int(&self, i: usize) -> Option<i64>;
+    /// The slot of `key` ([`key_slot`]; an implementation may compute it faster).
+    #[inline(always)]
+    fn key_slot(&self, key: &[u8]) -> u16 {
+        key_slot_inline(key)
+    }
+    /// [`Args::key_slot`] for one of several keys, which usually share a hash tag.
+    #[inline(always)]
+    fn key_slot_among_several(&self, key: &[u8]) -> u16 {
+        self.key_slot(key)
+    }
 }
 
 /// [`fast_path`] with the arguments behind a trait, whose methods the caller can force inline
@@ -87,7 +97,6 @@ pub fn fast_path_args<'a>(
     args: &impl Args<'a>,
 ) -> Fast {
     let arg = |i: usize| args.bytes(i);
-    let arg_int = |i: usize| args.int(i);
     let Some(name) = arg(0) else {
         return Fast::Slow;
     };
@@ -100,69 +109,91 @@ pub fn fast_path_args<'a>(
     if !entry.arity_ok(argc) {
         return Fast::NoKeys;
     }
-    let slot_at = |i: usize| args.bytes(i).map(key_slot);
     let slot = match entry.fast {
         FastPlan::Slow => return Fast::Slow,
         FastPlan::NoKeys => return Fast::NoKeys,
         // The arity check above guarantees the argument is there.
         FastPlan::OneKey(pos) => match args.bytes(pos as usize) {
-            Some(key) => key_slot_inline(key),
+            Some(key) => args.key_slot(key),
             None => return Fast::Slow,
         },
-        FastPlan::Keys => match &entry.keys {
-            KeyPlan::Legacy { first, last, step } => {
-                // `legacy_keys` inline: positions first..=last by step, nothing stored.
-                let argc = argc as i64;
-                let first = *first as i64;
-                let last = if *last < 0 {
-                    argc + *last as i64
-                } else {
-                    *last as i64
-                };
-                if first <= 0 || last < first || last >= argc {
-                    return Fast::NoKeys;
-                }
-                let step = (*step).max(1) as usize;
-                // One hashing site in the loop, so that it is inlined.
-                let mut slot = None;
-                let mut pos = first as usize;
-                while pos <= last as usize {
-                    let Some(key) = args.bytes(pos) else {
-                        return Fast::Slow;
-                    };
-                    let this = key_slot_inline(key);
-                    if slot.is_some_and(|s| s != this) {
-                        return Fast::Slow;
-                    }
-                    slot = Some(this);
-                    pos += step;
-                }
-                match slot {
-                    Some(slot) => slot,
-                    None => return Fast::Slow,
-                }
-            }
-            keys => {
-                let ranges = match keys.keys(argc, arg_int) {
-                    Keys::At(ranges) => ranges,
-                    Keys::None => return Fast::NoKeys,
-                    Keys::AskServer => return Fast::Slow,
-                };
-                let mut positions = ranges.positions();
-                let Some(slot) = positions.next().and_then(slot_at) else {
-                    return Fast::Slow;
-                };
-                if !positions.all(|p| slot_at(p) == Some(slot)) {
-                    return Fast::Slow;
-                }
-                slot
-            }
+        FastPlan::Keys => match several_keys_slot(entry, argc, args) {
+            Ok(slot) => slot,
+            Err(fast) => return fast,
         },
     };
     if table.owned_stable(slot) {
         Fast::OwnedSlot(slot)
     } else {
         Fast::Slow
+    }
+}
+
+/// The one slot of a command's keys ([`FastPlan::Keys`]), or what [`fast_path_args`] answers
+/// instead. Out of line: inlined, its loops make every one-key command pay for the registers.
+#[inline(never)]
+pub fn several_keys_slot<'a>(
+    entry: &crate::command_table::CommandEntry,
+    argc: usize,
+    args: &impl Args<'a>,
+) -> Result<u16, Fast> {
+    several_keys_slot_inline(entry, argc, args)
+}
+
+/// [`several_keys_slot`], inlined into a caller that is itself out of line.
+#[inline(always)]
+pub fn several_keys_slot_inline<'a>(
+    entry: &crate::command_table::CommandEntry,
+    argc: usize,
+    args: &impl Args<'a>,
+) -> Result<u16, Fast> {
+    let arg_int = |i: usize| args.int(i);
+    let slot_at = |i: usize| args.bytes(i).map(|key| args.key_slot_among_several(key));
+    match entry.keys {
+        KeyPlan::Legacy { first, last, step } => {
+            // `legacy_keys` inline: positions first..=last by step, nothing stored.
+            let argc = argc as i64;
+            let first = first as i64;
+            let last = if last < 0 {
+                argc + last as i64
+            } else {
+                last as i64
+            };
+            if first <= 0 || last < first || last >= argc {
+                return Err(Fast::NoKeys);
+            }
+            let step = step.max(1) as usize;
+            // One hashing site in the loop, so that it is inlined.
+            let mut slot = None;
+            let mut pos = first as usize;
+            while pos <= last as usize {
+                let Some(key) = args.bytes(pos) else {
+                    return Err(Fast::Slow);
+                };
+                let this = args.key_slot_among_several(key);
+                if slot.is_some_and(|s| s != this) {
+                    return Err(Fast::Slow);
+                }
+                slot = Some(this);
+                pos += step;
+            }
+            slot.ok_or(Fast::Slow)
+        }
+        ref keys => {
+            let ranges = match keys.keys(argc, arg_int) {
+                Keys::At(ranges) => ranges,
+                Keys::None => return Err(Fast::NoKeys),
+                Keys::AskServer => return Err(Fast::Slow),
+            };
+            let mut positions = ranges.positions();
+            let Some(slot) = positions.next().and_then(slot_at) else {
+                return Err(Fast::Slow);
+            };
+            if !positions.all(|p| slot_at(p) == Some(slot)) {
+                return Err(Fast::Slow);
+            }
+            Ok(slot)
+        }
     }
 }
 

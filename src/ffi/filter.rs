@@ -30,7 +30,7 @@ use super::{
     guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
     rm, string_bytes, DetachedContext,
 };
-use crate::command_table::{parse_strict_i64, CmdFlags, Keys, Role};
+use crate::command_table::{parse_strict_i64, CmdFlags, FastPlan, Keys, Role};
 use crate::router::{self, ClientView, Decision, Fast, SlotRoute};
 use crate::slot::key_slot;
 use crate::state::{self, State};
@@ -53,17 +53,47 @@ const SCRIPT_CLUSTER_DOWN: &str =
 /// A thread-safe context kept for key-existence checks (the filter has no context of its own).
 pub static EXISTS_CTX: DetachedContext = DetachedContext::new();
 
-/// Entry point registered with `RedisModule_RegisterCommandFilter`.
+/// Entry point registered with `RedisModule_RegisterCommandFilter` on a CPU without
+/// carry-less multiplication (see [`command_filter_clmul`]).
 ///
 /// # Safety
 /// Called by the server with the filter context of the command being processed.
 pub unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
-    guard(
-        "the command filter",
-        || unsafe { filter(fctx) },
-        // Leave the command as it is: the server answers it (or rejects it) itself.
-        |_| (),
-    )
+    filter::<false>(fctx)
+}
+
+/// [`command_filter`] with key slots computed by carry-less multiplication
+/// ([`crate::slot::clmul`]): registered instead of it when the CPU has `PCLMULQDQ`.
+///
+/// # Safety
+/// As [`command_filter`], and the CPU must have `PCLMULQDQ`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe extern "C" fn command_filter_clmul(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    filter::<true>(fctx)
+}
+
+/// The filter callback this CPU can run fastest, and how it hashes keys (for the load log line).
+///
+/// Debug builds only: `UMCLUSTER_DEBUG_PORTABLE_FILTER=1` in the server's environment picks the
+/// portable one anyway, so that the tests run both.
+pub fn best_command_filter() -> (
+    unsafe extern "C" fn(*mut raw::RedisModuleCommandFilterCtx),
+    &'static str,
+) {
+    #[cfg(debug_assertions)]
+    let forced_portable =
+        std::env::var_os("UMCLUSTER_DEBUG_PORTABLE_FILTER").is_some_and(|v| v == "1");
+    #[cfg(not(debug_assertions))]
+    let forced_portable = false;
+    #[cfg(target_arch = "x86_64")]
+    if !forced_portable && crate::slot::clmul::available() {
+        return (
+            command_filter_clmul,
+            "carry-less multiplication (PCLMULQDQ)",
+        );
+    }
+    let _ = forced_portable;
+    (command_filter, "portable table")
 }
 
 /// A command argument: the server string and its bytes.
@@ -152,7 +182,9 @@ impl KeyArgs {
     }
 }
 
-struct Filter {
+/// The command being filtered. `CLMUL`: key slots by carry-less multiplication (only in
+/// [`command_filter_clmul`], whose CPU check makes it sound).
+struct Filter<const CLMUL: bool = false> {
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     argc: usize,
     /// The context's own argument array, read directly on the fast path (see [`direct_argv`]);
@@ -160,7 +192,20 @@ struct Filter {
     argv: *const *mut raw::RedisModuleString,
 }
 
-impl Filter {
+impl<const CLMUL: bool> Filter<CLMUL> {
+    /// The slot of `key`, by carry-less multiplication in the filter registered for CPUs that
+    /// have it.
+    #[inline(always)]
+    fn slot_of(key: &[u8]) -> u16 {
+        #[cfg(target_arch = "x86_64")]
+        if CLMUL {
+            // SAFETY: `Filter<true>` only exists in `command_filter_clmul`, registered only
+            // after `clmul::available()` said yes.
+            return unsafe { crate::slot::clmul::key_slot(key) };
+        }
+        crate::slot::key_slot_inline(key)
+    }
+
     #[inline(always)]
     unsafe fn arg_ptr(&self, i: usize) -> *mut raw::RedisModuleString {
         if self.argv.is_null() {
@@ -211,7 +256,7 @@ impl Filter {
     }
 }
 
-impl<'a> router::Args<'a> for Filter {
+impl<'a, const CLMUL: bool> router::Args<'a> for Filter<CLMUL> {
     #[inline(always)]
     fn bytes(&self, i: usize) -> Option<&'a [u8]> {
         // SAFETY: arguments of the command being filtered live for the whole filter call, and
@@ -231,28 +276,250 @@ impl<'a> router::Args<'a> for Filter {
         // SAFETY: as above.
         unsafe { self.arg_int(i) }
     }
+
+    #[inline(always)]
+    fn key_slot(&self, key: &[u8]) -> u16 {
+        Self::slot_of(key)
+    }
+
+    #[inline(always)]
+    fn key_slot_among_several(&self, key: &[u8]) -> u16 {
+        #[cfg(target_arch = "x86_64")]
+        if CLMUL {
+            // SAFETY: as in `slot_of`.
+            return unsafe { crate::slot::clmul::tag_first_key_slot(key) };
+        }
+        crate::slot::key_slot_inline(key)
+    }
 }
 
+/// Both fast paths, then everything else, each under its own panic guard: a panic leaves the
+/// command as it is (the server answers it, or rejects it, itself). The general path is a tail
+/// call, so the one-key path keeps no registers and no stack frame of its own.
 #[inline(always)]
-unsafe fn filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+unsafe fn filter<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    // Before the fast paths, which let unknown commands through untouched.
+    #[cfg(debug_assertions)]
+    if injected_panic(fctx) {
+        // Straight to the full rules, which panic on it while they hold the state.
+        return full_filter(fctx);
+    }
+    // SAFETY: reads only; see `one_key_fast`.
+    match guard(
+        "the command filter",
+        || unsafe { one_key_fast::<CLMUL>(fctx) },
+        |_| Quick::Unsure,
+    ) {
+        Quick::Run => {}
+        Quick::Full => full_filter(fctx),
+        Quick::Unsure => general_filter::<CLMUL>(fctx),
+    }
+}
+
+/// What [`one_key_fast`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quick {
+    /// The command runs untouched.
+    Run,
+    /// The full rules decide ([`slow_filter`]): [`fast_path`] would not settle it either (a
+    /// redirect, `MULTI`, a pending `ASKING` ...).
+    Full,
+    /// [`general_filter`] decides.
+    Unsure,
+}
+
+/// Debug builds: whether the command is the one that makes the filter panic
+/// ([`DEBUG_FILTER_PANIC`]).
+#[cfg(debug_assertions)]
+unsafe fn injected_panic(fctx: *mut raw::RedisModuleCommandFilterCtx) -> bool {
+    rm!(RedisModule_CommandFilterArgsCount)(fctx) >= 1
+        && Arg::new(rm!(RedisModule_CommandFilterArgGet)(fctx, 0))
+            .bytes()
+            .eq_ignore_ascii_case(DEBUG_FILTER_PANIC)
+}
+
+/// The commonest case in as few instructions as possible: a command of up to 8 letters, spelled
+/// in one case, whose one key sits at a fixed position (`GET k`, `SET k v`, `INCR k`, `HSET k f
+/// v` ...), on a slot this node owns and that is not moving, from a client not in `MULTI`, with
+/// no `ASKING` pending anywhere; or a command without keys ([`Quick::Run`]). A command the
+/// general fast path would not settle either goes straight to the full rules ([`Quick::Full`]:
+/// a redirect, a transaction); anything it does not look at goes to [`general_filter`]. So it
+/// only has to be right when it says [`Quick::Run`], and agrees with [`fast_path`] then.
+///
+/// Reads the filter context's fields and the argument strings directly, once the first command
+/// has shown their layout is the expected one ([`DIRECT_ARGC`]).
+#[inline(always)]
+unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Quick {
+    if DIRECT_ARGC.load(Ordering::Relaxed) != 1 {
+        return Quick::Unsure;
+    }
+    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
+    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
+    if argc < 1 {
+        return Quick::Unsure;
+    }
+    let argc = argc as usize;
+    // SAFETY: nothing below re-enters the module.
+    unsafe {
+        state::peek(|st| {
+            if st.connections.asking_pending() {
+                return Quick::Full;
+            }
+            let Some(entry) = short_name_word(*argv)
+                .and_then(|(word, len)| st.commands.get_short_word(word, len))
+            else {
+                return Quick::Unsure;
+            };
+            // One comparison for the commonest plan (a `match` on the plan is a jump table).
+            let slot = if let Some(pos) = entry.one_key_at(argc) {
+                let key = *argv.add(pos);
+                let Some(key) = embstr_bytes(key).or_else(|| sds8_bytes(key)) else {
+                    return Quick::Unsure;
+                };
+                Filter::<CLMUL>::slot_of(key)
+            } else {
+                match entry.fast {
+                    FastPlan::NoKeys => return Quick::Run,
+                    FastPlan::Slow => return Quick::Full,
+                    FastPlan::Keys if entry.arity_ok(argc) => {
+                        match several_keys_slot::<CLMUL>(entry, fctx, argc, argv) {
+                            Ok(slot) => slot,
+                            Err(Fast::NoKeys) => return Quick::Run,
+                            Err(_) => return Quick::Full,
+                        }
+                    }
+                    // A wrong arity, a key missing.
+                    _ => return Quick::Unsure,
+                }
+            };
+            if st.table.owned_stable(slot) && !client::current_in_multi() {
+                Quick::Run
+            } else {
+                Quick::Full
+            }
+        })
+    }
+    .unwrap_or(Quick::Unsure)
+}
+
+/// [`router::several_keys_slot`] for [`one_key_fast`]: out of line, with the arguments built
+/// here, so that the one-key path needs no stack frame.
+#[inline(never)]
+unsafe fn several_keys_slot<const CLMUL: bool>(
+    entry: &crate::command_table::CommandEntry,
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    argc: usize,
+    argv: *const *mut raw::RedisModuleString,
+) -> Result<u16, Fast> {
+    router::several_keys_slot_inline(entry, argc, &Filter::<CLMUL> { fctx, argc, argv })
+}
+
+/// `type` OBJ_STRING (0) in the low 4 bits of a `robj`'s first byte, `encoding`
+/// OBJ_ENCODING_EMBSTR (8) above: an embedded string.
+const EMBSTR_HEADER: u8 = 0x80;
+/// Where an embedded string's bytes start: after the 16-byte `robj`, then `len`, `alloc` and
+/// `flags` of its `sdshdr8`, all in one allocation.
+const EMBSTR_BYTES_AT: usize = 16 + 3;
+
+/// The bytes of an argument held as an embedded string (every argument up to 44 bytes), or
+/// `None`.
+///
+/// # Safety
+/// As [`sds8_bytes`].
+#[inline(always)]
+unsafe fn embstr_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    if s.is_null() || std::ptr::read(s as *const u8) != EMBSTR_HEADER {
+        return None;
+    }
+    let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
+    if sds != (s as *const u8).add(EMBSTR_BYTES_AT) {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(
+        sds,
+        std::ptr::read(sds.sub(3)) as usize,
+    ))
+}
+
+/// A command name of 1 to 8 bytes as a little-endian word (as the short-name index keeps
+/// names), and its length, in one read: in an embedded string ([`embstr_bytes`]) the 8 bytes
+/// that end with the name's last one are all inside the allocation (the headers come before
+/// the bytes), and a shift drops the ones before the name. `None` for anything else.
+///
+/// # Safety
+/// As [`sds8_bytes`].
+#[inline(always)]
+unsafe fn short_name_word(s: *const raw::RedisModuleString) -> Option<(u64, usize)> {
+    let name = embstr_bytes(s)?;
+    let len = name.len();
+    if !(1..=8).contains(&len) {
+        return None;
+    }
+    let window = std::ptr::read_unaligned(name.as_ptr().add(len).sub(8) as *const u64);
+    Some((u64::from_le(window) >> (64 - 8 * len), len))
+}
+
+/// The bytes of an argument held as a plain string with a one-byte sds header (every argument
+/// up to 255 bytes); `None` for anything else (an integer-encoded argument, a longer one).
+///
+/// # Safety
+/// `s` must be a live argument of the command being filtered, and the layout check behind
+/// [`DIRECT_ARGC`] must have passed.
+#[inline(always)]
+unsafe fn sds8_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    if s.is_null() || std::ptr::read(s as *const u8) & 0x7f != 0 {
+        return None;
+    }
+    let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
+    if sds.is_null() || std::ptr::read(sds.sub(1)) & 7 != 1 {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(
+        sds,
+        std::ptr::read(sds.sub(3)) as usize,
+    ))
+}
+
+/// [`slow_filter`] under the panic guard, for what [`one_key_fast`] sends to the full rules.
+#[inline(never)]
+unsafe fn full_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let argc = rm!(RedisModule_CommandFilterArgsCount)(fctx);
     if argc < 1 {
         return;
     }
     let argc = argc as usize;
-    let f = Filter {
+    guard(
+        "the command filter",
+        || unsafe { slow_filter(fctx, argc) },
+        |_| (),
+    )
+}
+
+/// Every command [`one_key_fast`] did not settle.
+#[inline(never)]
+unsafe fn general_filter<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    guard(
+        "the command filter",
+        || unsafe { general_filter_unguarded::<CLMUL>(fctx) },
+        |_| (),
+    )
+}
+
+#[inline(always)]
+unsafe fn general_filter_unguarded<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    let argc = rm!(RedisModule_CommandFilterArgsCount)(fctx);
+    if argc < 1 {
+        return;
+    }
+    let argc = argc as usize;
+    let f = Filter::<CLMUL> {
         fctx,
         argc,
         argv: direct_argv(fctx, argc),
     };
-    // Before the fast path, which lets unknown commands through untouched.
-    #[cfg(debug_assertions)]
-    let injected = f.arg(0).bytes().eq_ignore_ascii_case(DEBUG_FILTER_PANIC);
-    #[cfg(not(debug_assertions))]
-    let injected = false;
     // SAFETY: the fast path only reads the state and the arguments; nothing it calls re-enters
     // the module.
-    if !injected && unsafe { state::peek(|st| fast_path(st, &f)) } == Some(true) {
+    if unsafe { state::peek(|st| fast_path(st, &f)) } == Some(true) {
         return;
     }
     slow_filter(fctx, argc);
@@ -283,6 +550,16 @@ unsafe fn slow_filter(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) 
 /// headers: 0 not checked yet, 1 yes, 2 no.
 static ARGV_DIRECT: AtomicU8 = AtomicU8::new(0);
 
+/// Whether, on top of [`ARGV_DIRECT`], the argument count may be read from the context
+/// ([`ARGC_OFFSET`]) rather than through `RedisModule_CommandFilterArgsCount`: 0 not checked yet,
+/// 1 yes, 2 no. Set with [`ARGV_DIRECT`], by the first command with arguments.
+static DIRECT_ARGC: AtomicU8 = AtomicU8::new(0);
+
+/// Where `argc` sits in `RedisModuleCommandFilterCtx` since redis 7.0: after `RedisModuleString
+/// **argv` and `int argv_len` (the fields after it have changed since; these have not). On 6.x it
+/// was the second field: the check against the API catches a server that differs.
+const ARGC_OFFSET: usize = 12;
+
 /// The context's argument array, or null to use the API. Every server from 6.0 to 8.x starts
 /// `RedisModuleCommandFilterCtx` with `RedisModuleString **argv` (the fields after it changed);
 /// the first command with arguments checks that against the API before it is trusted.
@@ -310,6 +587,9 @@ unsafe fn verify_direct_argv(
         && !argv.is_null()
         && (0..argc)
             .all(|i| *argv.add(i) == rm!(RedisModule_CommandFilterArgGet)(fctx, i as c_int));
+    let argc_at = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
+    let argc_ok = ok && argc_at >= 0 && argc_at as usize == argc;
+    DIRECT_ARGC.store(if argc_ok { 1 } else { 2 }, Ordering::Relaxed);
     ARGV_DIRECT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
     if ok {
         argv
@@ -324,7 +604,7 @@ unsafe fn verify_direct_argv(
 /// not in `MULTI`. Anything else returns false and takes [`route_command`], which decides from
 /// scratch, so this function only has to be right when it says true.
 #[inline(always)]
-unsafe fn fast_path(st: &State, f: &Filter) -> bool {
+unsafe fn fast_path<const CLMUL: bool>(st: &State, f: &Filter<CLMUL>) -> bool {
     if st.connections.asking_pending() {
         return false;
     }

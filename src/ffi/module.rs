@@ -145,14 +145,16 @@ fn load(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<Status, S
     // SAFETY: ctx is the OnLoad context; every call below is a registration the API allows here.
     unsafe {
         commands::register_all(ctx).map_err(|name| format!("cannot register command {name}"))?;
+        let (command_filter, key_hashing) = filter::best_command_filter();
         let filter_handle = rm!(RedisModule_RegisterCommandFilter)(
             ctx,
-            Some(filter::command_filter),
+            Some(command_filter),
             raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
         );
         if filter_handle.is_null() {
             return Err("cannot register the command filter".into());
         }
+        log_notice(&format!("umcluster: key slots by {key_hashing}"));
         events::subscribe(ctx)?;
         rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback));
         filter::EXISTS_CTX.make(ctx);

@@ -159,9 +159,11 @@ def free_port():
 class RedisServer:
     """One redis-server child process on a loopback port."""
 
-    def __init__(self, workdir, with_module=True, extra_args=()):
+    def __init__(self, workdir, with_module=True, extra_args=(), env=None):
         self.with_module = with_module
         self.extra_args = list(extra_args)
+        #: Extra environment variables for the server process.
+        self.env = dict(env or {})
         self.dir = tempfile.mkdtemp(prefix="srv-", dir=workdir)
         self.proc = None
         self.port = None
@@ -195,7 +197,8 @@ class RedisServer:
             # `make valgrind` runs every server under a wrapper (valgrind ...).
             args = shlex.split(SERVER_WRAPPER) + args
             self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
             LIVE_SERVERS.append(self)
             try:
@@ -276,8 +279,8 @@ class ServerPool:
         self.workdir = tempfile.mkdtemp(prefix="umcluster-test-")
         self.servers = []
 
-    def start(self, with_module=True, extra_args=()):
-        server = RedisServer(self.workdir, with_module=with_module, extra_args=extra_args)
+    def start(self, with_module=True, extra_args=(), env=None):
+        server = RedisServer(self.workdir, with_module=with_module, extra_args=extra_args, env=env)
         self.servers.append(server)
         return server.start()
 
