@@ -1,6 +1,8 @@
 //! Fuzz target: where a command's keys are (`KeyPlan::keys`), their slots (`key_slot`), and the
 //! routing decision (`router::route`) over an arbitrary slot table and connection state.
 //!
+//! The carry-less key hashing (`slot::clmul`) must give every argument the same slot.
+//!
 //! Input layout: a header of fixed-size fields (key plan, table entries, flags), then the
 //! command's arguments separated by `\n`. Checked invariants: every key position is inside the
 //! arguments, every slot is below 16384, and a redirect names a slot that a key hashes to.
@@ -131,6 +133,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let slots: Vec<u16> = keys.iter().map(|k| key_slot(k)).collect();
     assert!(slots.iter().all(|&s| (s as usize) < SLOT_COUNT));
+    // The carry-less hashing the filter uses on CPUs that have it agrees, on every argument.
+    #[cfg(target_arch = "x86_64")]
+    if umcluster::slot::clmul::available() {
+        for arg in &args {
+            // SAFETY: `available()` said the CPU has the instruction.
+            let (fast, tag_first) = unsafe {
+                (
+                    umcluster::slot::clmul::key_slot(arg),
+                    umcluster::slot::clmul::tag_first_key_slot(arg),
+                )
+            };
+            assert_eq!(fast, key_slot(arg), "key {arg:?}");
+            assert_eq!(tag_first, key_slot(arg), "key {arg:?}");
+        }
+    }
 
     let mut n = 0u32;
     let decision = router::route(
