@@ -159,6 +159,20 @@ pub mod clmul {
         q as u64
     };
 
+    /// `x^80 mod P`: folds the first of two words onto the second ([`two_words`]).
+    const X80_MOD_P: u64 = {
+        let p: u128 = 0x11021;
+        let mut rem: u128 = 1 << 80;
+        let mut bit = 80;
+        while bit >= 16 {
+            if rem & (1 << bit) != 0 {
+                rem ^= p << (bit - 16);
+            }
+            bit -= 1;
+        }
+        rem as u64
+    };
+
     /// Whether this CPU can run [`key_slot`] (checked once, at load).
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("pclmulqdq")
@@ -231,7 +245,55 @@ pub mod clmul {
         (crc, braces)
     }
 
+    /// A key of 9 to 16 bytes, `h` its first `n - 8` bytes and `l` its last 8: `V·x^16 =
+    /// h·x^80 + l·x^16 ≡ h·(x^80 mod P) + l·x^16 = Z`, a polynomial of degree < 80, reduced as
+    /// in [`step`] (`Z = z_hi·x^16 + z_lo`). One multiplication fewer than two [`step`]s, no
+    /// loop: `(crc, braces)`, `crc` in the low 16 bits.
+    ///
+    /// # Safety
+    /// As [`step`].
+    #[inline(always)]
+    unsafe fn two_words(h: u64, l: u64, k: &Constants) -> (__m128i, __m128i) {
+        let (crc, braces);
+        // SAFETY: as in `step`.
+        unsafe {
+            std::arch::asm!(
+                "movq {a}, {h}",
+                "movq {z}, {l}",
+                "movdqa {braces}, {a}",
+                "punpcklqdq {braces}, {z}",
+                "pcmpeqb {braces}, {open}",
+                // a = h·(x^80 mod P), below x^79; z = z_hi = (a >> 16) ^ l.
+                "pclmulqdq {a}, {k80}, 0",
+                "movdqa {t}, {a}",
+                "psrldq {t}, 2",
+                "pxor {z}, {t}",
+                // crc = z_lo ^ low16(clmul(q, 0x1021)), q = z_hi ^ high64(clmul(z_hi, μ_low)).
+                "movdqa {crc}, {z}",
+                "pclmulqdq {crc}, {mu}, 0",
+                "psrldq {crc}, 8",
+                "pxor {crc}, {z}",
+                "pclmulqdq {crc}, {p}, 0",
+                "pxor {crc}, {a}",
+                h = in(reg) h,
+                l = in(reg) l,
+                crc = out(xmm_reg) crc,
+                braces = out(xmm_reg) braces,
+                k80 = in(xmm_reg) k.k80,
+                mu = in(xmm_reg) k.mu,
+                p = in(xmm_reg) k.p,
+                open = in(xmm_reg) k.open,
+                a = out(xmm_reg) _,
+                z = out(xmm_reg) _,
+                t = out(xmm_reg) _,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        (crc, braces)
+    }
+
     struct Constants {
+        k80: __m128i,
         mu: __m128i,
         p: __m128i,
         open: __m128i,
@@ -308,6 +370,29 @@ pub mod clmul {
         let n = bytes.len();
         let be_word =
             |b: &[u8]| u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        // SAFETY: SSE2 is part of x86-64.
+        let k = unsafe {
+            Constants {
+                k80: _mm_set_epi64x(0, X80_MOD_P as i64),
+                mu: _mm_set_epi64x(0, MU_LOW as i64),
+                p: _mm_set_epi64x(0, 0x1021),
+                open: _mm_set1_epi8(b'{' as i8),
+            }
+        };
+        if (9..=16).contains(&n) {
+            // The first n - 8 bytes out of the first eight; the last eight.
+            let h = be_word(&bytes[..8]) >> (8 * (16 - n));
+            let l = be_word(&bytes[n - 8..]);
+            // SAFETY: the caller guarantees the instruction.
+            let (crc, braces) = unsafe { two_words(h, l, &k) };
+            // SAFETY: SSE2.
+            return unsafe {
+                (
+                    _mm_cvtsi128_si32(crc) as u16,
+                    _mm_movemask_epi8(braces) != 0,
+                )
+            };
+        }
         let (head, rest) = bytes.split_at(n % 8);
         let mut words = rest.chunks_exact(8);
         // The first word: the first `n % 8` bytes, or the first 8.
@@ -324,14 +409,6 @@ pub mod clmul {
             head_word(head)
         } else {
             return (0, false);
-        };
-        // SAFETY: SSE2 is part of x86-64.
-        let k = unsafe {
-            Constants {
-                mu: _mm_set_epi64x(0, MU_LOW as i64),
-                p: _mm_set_epi64x(0, 0x1021),
-                open: _mm_set1_epi8(b'{' as i8),
-            }
         };
         // SAFETY: the caller guarantees the instruction.
         let (mut crc, mut braces) = unsafe { first_step(first, &k) };
