@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the hardening tests (fault injection, bad-input matrix, churn) with every redis-server
+# Runs the hardening tests (fault injection, bad-input matrix, churn) and the filter-paths test
+# (the fast path reads argument strings straight from server memory) with every redis-server
 # under `valgrind --leak-check=full`, then reports the leak records whose stack goes through
 # libumcluster. Exit status 1 when there is one.
 #
@@ -14,8 +15,10 @@ mkdir -p "$LOGS"
 export UMCLUSTER_SERVER_WRAPPER="valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite --soname-synonyms=somalloc=libjemalloc.so* --num-callers=30 --log-file=$LOGS/vg.%p.log"
 export UMCLUSTER_MODULE="$PWD/target/debug/libumcluster.so" UMCLUSTER_BIN="$PWD/target/debug/umcluster"
 export HARDENING_ROUNDS="${HARDENING_ROUNDS:-400}" CHURN_PUSHES="${CHURN_PUSHES:-40}"
+export FILTER_PATHS_ROUNDS="${FILTER_PATHS_ROUNDS:-600}"
 
-"${VENV:-.venv}/bin/python" -m pytest -q tests/python/test_hardening.py tests/python/test_churn.py "$@"
+"${VENV:-.venv}/bin/python" -m pytest -q tests/python/test_hardening.py tests/python/test_churn.py \
+    tests/python/test_filter_paths.py "$@"
 
 echo "valgrind logs: $LOGS"
 grep -h "definitely lost:\|indirectly lost:\|ERROR SUMMARY" "$LOGS"/vg.*.log | sort | uniq -c

@@ -124,9 +124,10 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
 /// Carry-less multiplication (`PCLMULQDQ`): the slot of a key in a few instructions per 8 bytes,
 /// where the table needs two lookups per 2 bytes. x86-64 only, and only where the CPU has the
 /// instruction: the module checks at load ([`clmul::available`]) and registers the filter built
-/// with it, or the portable one. Written as inline assembly rather than with
-/// `#[target_feature]` functions, which cannot be inlined into the filter (its closures, and
-/// everything it calls, would need the feature too).
+/// with it, or the portable one. Everything is SSE2 (part of x86-64) but the multiplication
+/// itself, one instruction of inline assembly ([`clmul::clmul`]): the `#[target_feature]`
+/// intrinsic cannot be inlined into the filter (its closures, and everything it calls, would
+/// need the feature too).
 ///
 /// The arithmetic: with `M(x)` the key's bits (first byte highest), CRC16 is `M(x)·x^16 mod P(x)`,
 /// `P = 0x11021`. Keys are cut into 8-byte words from the end, so the first word is the short
@@ -139,7 +140,8 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
 #[cfg(target_arch = "x86_64")]
 pub mod clmul {
     use std::arch::x86_64::{
-        __m128i, _mm_cvtsi128_si32, _mm_movemask_epi8, _mm_set1_epi8, _mm_set_epi64x,
+        __m128i, _mm_cmpeq_epi8, _mm_cvtsi128_si32, _mm_cvtsi64_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8, _mm_set_epi64x, _mm_slli_epi64, _mm_srli_si128, _mm_xor_si128,
     };
 
     /// `floor(x^80 / P)` without its `x^64` term.
@@ -178,118 +180,101 @@ pub mod clmul {
         std::arch::is_x86_feature_detected!("pclmulqdq")
     }
 
-    /// One 8-byte word: `crc := (crc·x^48 + w)·x^16 mod P` and `braces |= (bytes of w == '{')`.
-    /// Both stay in XMM registers from word to word: `crc` in the low 16 bits of its low lane
-    /// (the bits above are left over from the multiplication and shifted out here), `braces`
-    /// one byte per byte of `w`. `mu` holds `μ_low`, `p` 0x1021 and `open` sixteen `{`.
+    /// `clmul(low64(a), low64(b))`: the one instruction SSE2 does not have.
     ///
     /// # Safety
     /// The CPU must have `PCLMULQDQ`.
     #[inline(always)]
-    unsafe fn step(crc: &mut __m128i, braces: &mut __m128i, w: u64, k: &Constants) {
+    unsafe fn clmul(mut a: __m128i, b: __m128i) -> __m128i {
         // SAFETY: register-only arithmetic; the caller guarantees the instruction exists.
         unsafe {
             std::arch::asm!(
-                "movq {a}, {w}",
-                "movdqa {t}, {a}",
-                "pcmpeqb {t}, {open}",
-                "por {braces}, {t}",
-                "psllq {crc}, 48",
-                "pxor {a}, {crc}",
-                "movdqa {crc}, {a}",
-                "pclmulqdq {crc}, {mu}, 0",
-                "psrldq {crc}, 8",
-                "pxor {crc}, {a}",
-                "pclmulqdq {crc}, {p}, 0",
-                w = in(reg) w,
-                crc = inout(xmm_reg) *crc,
-                braces = inout(xmm_reg) *braces,
-                mu = in(xmm_reg) k.mu,
-                p = in(xmm_reg) k.p,
-                open = in(xmm_reg) k.open,
-                a = out(xmm_reg) _,
-                t = out(xmm_reg) _,
+                "pclmulqdq {a}, {b}, 0",
+                a = inout(xmm_reg) a,
+                b = in(xmm_reg) b,
                 options(pure, nomem, nostack, preserves_flags),
             );
+        }
+        a
+    }
+
+    /// `a·x^16 mod P` for `a` of degree < 64 (its low lane), in the low 16 bits of the result
+    /// (the bits above are left over: callers mask or shift them out).
+    ///
+    /// # Safety
+    /// As [`clmul`].
+    #[inline(always)]
+    unsafe fn reduce(a: __m128i, k: &Constants) -> __m128i {
+        // SAFETY: the caller guarantees the instruction; the rest is SSE2, part of x86-64.
+        unsafe {
+            let q = _mm_xor_si128(_mm_srli_si128::<8>(clmul(a, k.mu)), a);
+            clmul(q, k.p)
         }
     }
 
-    /// [`step`] for the first word (the CRC before it is zero): `(crc, braces)`.
+    /// `w` in the low lane, and a mask of its bytes that are `{`.
     ///
     /// # Safety
-    /// As [`step`].
+    /// SSE2 only (part of x86-64).
+    #[inline(always)]
+    unsafe fn load(w: u64, k: &Constants) -> (__m128i, __m128i) {
+        // SAFETY: SSE2.
+        unsafe {
+            let v = _mm_cvtsi64_si128(w as i64);
+            (v, _mm_cmpeq_epi8(v, k.open))
+        }
+    }
+
+    /// The first word (the CRC before it is zero): `(crc, braces)`.
+    ///
+    /// # Safety
+    /// As [`clmul`].
     #[inline(always)]
     unsafe fn first_step(w: u64, k: &Constants) -> (__m128i, __m128i) {
-        let (crc, braces);
-        // SAFETY: as in `step`.
+        // SAFETY: as above.
         unsafe {
-            std::arch::asm!(
-                "movq {a}, {w}",
-                "movdqa {braces}, {a}",
-                "pcmpeqb {braces}, {open}",
-                "movdqa {crc}, {a}",
-                "pclmulqdq {crc}, {mu}, 0",
-                "psrldq {crc}, 8",
-                "pxor {crc}, {a}",
-                "pclmulqdq {crc}, {p}, 0",
-                w = in(reg) w,
-                crc = out(xmm_reg) crc,
-                braces = out(xmm_reg) braces,
-                mu = in(xmm_reg) k.mu,
-                p = in(xmm_reg) k.p,
-                open = in(xmm_reg) k.open,
-                a = out(xmm_reg) _,
-                options(pure, nomem, nostack, preserves_flags),
-            );
+            let (a, braces) = load(w, k);
+            (reduce(a, k), braces)
         }
-        (crc, braces)
+    }
+
+    /// One more 8-byte word: `crc := (crc·x^48 + w)·x^16 mod P` and `braces |= (bytes of w ==
+    /// '{')`. `crc` is in the low 16 bits of its low lane; the bits above, left over from the
+    /// reduction, are shifted out here.
+    ///
+    /// # Safety
+    /// As [`clmul`].
+    #[inline(always)]
+    unsafe fn step(crc: &mut __m128i, braces: &mut __m128i, w: u64, k: &Constants) {
+        // SAFETY: as above.
+        unsafe {
+            let (v, open) = load(w, k);
+            *braces = _mm_or_si128(*braces, open);
+            *crc = reduce(_mm_xor_si128(v, _mm_slli_epi64::<48>(*crc)), k);
+        }
     }
 
     /// A key of 9 to 16 bytes, `h` its first `n - 8` bytes and `l` its last 8: `V·x^16 =
-    /// h·x^80 + l·x^16 ≡ h·(x^80 mod P) + l·x^16 = Z`, a polynomial of degree < 80, reduced as
-    /// in [`step`] (`Z = z_hi·x^16 + z_lo`). One multiplication fewer than two [`step`]s, no
-    /// loop: `(crc, braces)`, `crc` in the low 16 bits.
+    /// h·x^80 + l·x^16 ≡ h·(x^80 mod P) + l·x^16 = Z`, a polynomial of degree < 80; with
+    /// `Z = z_hi·x^16 + z_lo`, `Z mod P = z_lo + reduce(z_hi)`. One multiplication fewer than two
+    /// [`step`]s, and no loop: `(crc, braces)`.
     ///
     /// # Safety
-    /// As [`step`].
+    /// As [`clmul`].
     #[inline(always)]
     unsafe fn two_words(h: u64, l: u64, k: &Constants) -> (__m128i, __m128i) {
-        let (crc, braces);
-        // SAFETY: as in `step`.
+        // SAFETY: as above.
         unsafe {
-            std::arch::asm!(
-                "movq {a}, {h}",
-                "movq {z}, {l}",
-                "movdqa {braces}, {a}",
-                "punpcklqdq {braces}, {z}",
-                "pcmpeqb {braces}, {open}",
-                // a = h·(x^80 mod P), below x^79; z = z_hi = (a >> 16) ^ l.
-                "pclmulqdq {a}, {k80}, 0",
-                "movdqa {t}, {a}",
-                "psrldq {t}, 2",
-                "pxor {z}, {t}",
-                // crc = z_lo ^ low16(clmul(q, 0x1021)), q = z_hi ^ high64(clmul(z_hi, μ_low)).
-                "movdqa {crc}, {z}",
-                "pclmulqdq {crc}, {mu}, 0",
-                "psrldq {crc}, 8",
-                "pxor {crc}, {z}",
-                "pclmulqdq {crc}, {p}, 0",
-                "pxor {crc}, {a}",
-                h = in(reg) h,
-                l = in(reg) l,
-                crc = out(xmm_reg) crc,
-                braces = out(xmm_reg) braces,
-                k80 = in(xmm_reg) k.k80,
-                mu = in(xmm_reg) k.mu,
-                p = in(xmm_reg) k.p,
-                open = in(xmm_reg) k.open,
-                a = out(xmm_reg) _,
-                z = out(xmm_reg) _,
-                t = out(xmm_reg) _,
-                options(pure, nomem, nostack, preserves_flags),
-            );
+            let (h, open_h) = load(h, k);
+            let (l, open_l) = load(l, k);
+            // Below x^79: shifted down 16 bits it fits the low lane.
+            let folded = clmul(h, k.k80);
+            let z_hi = _mm_xor_si128(_mm_srli_si128::<2>(folded), l);
+            (
+                _mm_xor_si128(reduce(z_hi, k), folded),
+                _mm_or_si128(open_h, open_l),
+            )
         }
-        (crc, braces)
     }
 
     struct Constants {
