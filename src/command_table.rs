@@ -274,10 +274,35 @@ fn legacy_keys(first: i32, last: i32, step: i32, argc: usize) -> Keys {
 }
 
 fn spec_keys(specs: &[Spec], argc: usize, arg_int: impl Fn(usize) -> Option<i64>) -> Keys {
-    let argc = argc as i64;
     let mut ranges = KeyRanges::default();
     for spec in specs {
-        let (first, last, step) = match *spec {
+        let Some((first, last, step)) = spec.span(argc, &arg_int) else {
+            return Keys::None;
+        };
+        if !ranges.push(first, last, step) {
+            return Keys::AskServer;
+        }
+    }
+    if ranges.is_empty() {
+        Keys::None
+    } else {
+        Keys::At(ranges)
+    }
+}
+
+impl Spec {
+    /// The positions of this spec's keys among `argc` arguments: `first..=last` by `step`, all
+    /// inside the arguments; `None` when the command has no keys by this spec (out of bounds,
+    /// or a `numkeys` of 0, negative or unparsable: a syntax error the command reports itself,
+    /// and like the server's key procedures the whole command is then keyless).
+    #[inline(always)]
+    pub fn span(
+        &self,
+        argc: usize,
+        arg_int: impl Fn(usize) -> Option<i64>,
+    ) -> Option<(u32, u32, u32)> {
+        let argc = argc as i64;
+        let (first, last, step) = match *self {
             Spec::Range {
                 index,
                 lastkey,
@@ -302,31 +327,17 @@ fn spec_keys(specs: &[Spec], argc: usize, arg_int: impl Fn(usize) -> Option<i64>
             } => {
                 let at = index as i64 + keynumidx as i64;
                 if at < 1 || at >= argc {
-                    return Keys::None;
+                    return None;
                 }
-                let numkeys = match arg_int(at as usize) {
-                    Some(n) if n > 0 => n,
-                    // numkeys 0, negative or unparsable: the command has no keys (and will fail
-                    // its own checks if the number is invalid), as natively.
-                    _ => return Keys::None,
-                };
+                let numkeys = arg_int(at as usize).filter(|&n| n > 0)?;
                 let first = index as i64 + firstkey as i64;
                 (first, first.saturating_add(numkeys - 1), keystep as i64)
             }
         };
         if first < 1 || last >= argc || last < first {
-            // Out of bounds: a syntax error the command itself reports. Like the server's key
-            // procedures, treat the whole command as keyless.
-            return Keys::None;
+            return None;
         }
-        if !ranges.push(first as u32, last as u32, step.max(1) as u32) {
-            return Keys::AskServer;
-        }
-    }
-    if ranges.is_empty() {
-        Keys::None
-    } else {
-        Keys::At(ranges)
+        Some((first as u32, last as u32, step.max(1) as u32))
     }
 }
 

@@ -148,10 +148,9 @@ pub fn several_keys_slot_inline<'a>(
     args: &impl Args<'a>,
 ) -> Result<u16, Fast> {
     let arg_int = |i: usize| args.int(i);
-    let slot_at = |i: usize| args.bytes(i).map(|key| args.key_slot_among_several(key));
     match entry.keys {
         KeyPlan::Legacy { first, last, step } => {
-            // `legacy_keys` inline: positions first..=last by step, nothing stored.
+            // `legacy_keys` inline.
             let argc = argc as i64;
             let first = first as i64;
             let last = if last < 0 {
@@ -162,24 +161,17 @@ pub fn several_keys_slot_inline<'a>(
             if first <= 0 || last < first || last >= argc {
                 return Err(Fast::NoKeys);
             }
-            let step = step.max(1) as usize;
-            // One hashing site in the loop, so that it is inlined.
-            let mut slot = None;
-            let mut pos = first as usize;
-            while pos <= last as usize {
-                let Some(key) = args.bytes(pos) else {
-                    return Err(Fast::Slow);
-                };
-                let this = args.key_slot_among_several(key);
-                if slot.is_some_and(|s| s != this) {
-                    return Err(Fast::Slow);
-                }
-                slot = Some(this);
-                pos += step;
-            }
-            slot.ok_or(Fast::Slow)
+            one_slot(args, first as usize, last as usize, step.max(1) as usize)
         }
+        // One spec (`EVAL`, `EVALSHA`, `FCALL` with their `numkeys`, ...): no list of ranges.
+        KeyPlan::Specs(ref specs) if specs.len() == 1 => match specs[0].span(argc, arg_int) {
+            Some((first, last, step)) => {
+                one_slot(args, first as usize, last as usize, step as usize)
+            }
+            None => Err(Fast::NoKeys),
+        },
         ref keys => {
+            let slot_at = |i: usize| args.bytes(i).map(|key| args.key_slot_among_several(key));
             let ranges = match keys.keys(argc, arg_int) {
                 Keys::At(ranges) => ranges,
                 Keys::None => return Err(Fast::NoKeys),
@@ -195,6 +187,26 @@ pub fn several_keys_slot_inline<'a>(
             Ok(slot)
         }
     }
+}
+
+/// The one slot of the keys at `first..=last` by `step`: nothing stored, one hashing site (so
+/// that it is inlined).
+#[inline(always)]
+fn one_slot<'a>(args: &impl Args<'a>, first: usize, last: usize, step: usize) -> Result<u16, Fast> {
+    let mut slot = None;
+    let mut pos = first;
+    while pos <= last {
+        let Some(key) = args.bytes(pos) else {
+            return Err(Fast::Slow);
+        };
+        let this = args.key_slot_among_several(key);
+        if slot.is_some_and(|s| s != this) {
+            return Err(Fast::Slow);
+        }
+        slot = Some(this);
+        pos += step;
+    }
+    slot.ok_or(Fast::Slow)
 }
 
 /// What the node does with a command.

@@ -6,7 +6,8 @@ it (`PCLMULQDQ`); elsewhere the portable one (a CRC table). Debug builds pick th
 when the server runs with `UMCLUSTER_DEBUG_PORTABLE_FILTER=1`. Within each, a one-key command
 spelled in one case whose key is a short plain string takes the shortest path; mixed-case
 names, integer-encoded keys, long keys (raw strings, two-byte sds headers), hash tags, several
-keys, wrong arities and unknown commands take the others. Two nodes with the same topology, one
+keys, scripts' `numkeys` (valid, zero, negative, malformed, too large), wrong arities and
+unknown commands take the others. Two nodes with the same topology, one
 per filter, get the same seeded stream of such commands; every reply must be the same on both
 and be what the slot rules say (the command's result on an owned slot, `MOVED` to the peer
 otherwise, `CROSSSLOT` for keys in several slots).
@@ -14,6 +15,7 @@ otherwise, `CROSSSLOT` for keys in several slots).
 
 import os
 import random
+import re
 
 import pytest
 
@@ -56,7 +58,7 @@ def spell(rng, name):
 
 def random_command(rng):
     k = lambda: random_key(rng)  # noqa: E731
-    shape = rng.randrange(10)
+    shape = rng.randrange(11)
     if shape == 0:
         return [spell(rng, "GET"), k()]
     if shape == 1:
@@ -75,6 +77,11 @@ def random_command(rng):
         return [spell(rng, "DEL")] + [rng.choice(["{t1}", ""]) + k() for _ in range(rng.randrange(1, 3))]
     if shape == 7:
         return [spell(rng, rng.choice(["GET", "SET", "INCR"]))]  # wrong arity
+    if shape == 9:
+        # A script's keys follow `numkeys` (one key spec, evaluated by the filter itself).
+        numkeys = rng.choice(["0", "1", "1", "2", "3", "-1", "x", "01", "99"])
+        tag = rng.choice(["{t1}", ""])
+        return [spell(rng, "EVAL"), "return 1", numkeys] + [tag + k() for _ in range(rng.randrange(0, 4))]
     if shape == 8:
         return [spell(rng, rng.choice(["PING", "DBSIZE", "ECHO"]))] + (["x"] if rng.random() < 0.3 else [])
     return [spell(rng, rng.choice(["NOSUCHCMD", "GETX", "G"])), k()]
@@ -92,6 +99,11 @@ def keys_of(cmd):
         return cmd[1::2] if len(cmd) >= 3 and len(cmd) % 2 == 1 else []
     if name in ("MGET", "DEL"):
         return cmd[1:]
+    if name == "EVAL":
+        if not re.fullmatch(r"-?(0|[1-9][0-9]*)", cmd[2]):
+            return []
+        numkeys = int(cmd[2])
+        return cmd[3:3 + numkeys] if 0 < numkeys <= len(cmd) - 3 else []
     return []
 
 
