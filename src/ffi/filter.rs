@@ -19,6 +19,12 @@
 //!
 //! Never redirected: the master link and AOF replay (the server must obey them), the module's own
 //! calls (registered with `NOSELF`), and calls with no client at all.
+//!
+//! Three paths, cheapest first, each deciding only what it can: [`one_key_fast`] (raw reads of
+//! the context and the argument strings: one-key commands and keyless ones on owned slots),
+//! [`general_filter`] (the first version of the fast path, through [`router::fast_path_args`]),
+//! and the full rules ([`slow_filter`], with the state held exclusively), which decide
+//! everything from scratch.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
