@@ -649,8 +649,8 @@ mod tests {
             .map(|k| {
                 p.fence(k.as_bytes());
                 crate::transfer::Entry {
-                    key: k.as_bytes().to_vec(),
-                    payload: crate::transfer::Payload::Str(b"v".to_vec()),
+                    key: k.as_bytes().to_vec().into(),
+                    payload: crate::transfer::Payload::Str(b"v".to_vec().into()),
                     expire_at_ms: 0,
                 }
             })

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crc::{Crc, Table, CRC_64_REDIS};
 
 use crate::resp::{encode_command, itoa};
@@ -39,7 +40,7 @@ const RDB_TYPE_STRING: u8 = 0;
 pub enum Payload {
     /// A string value (sent as itself in an import, as a `DUMP` payload the writer builds when it
     /// looks like an integer or goes by `RESTORE`).
-    Str(Vec<u8>),
+    Str(Bytes),
     /// Any other type, serialized by the server's `DUMP` on the main thread.
     Dump(Vec<u8>),
     /// The key is gone here: remove the destination's copy. A `T` entry of an import; by
@@ -51,7 +52,9 @@ pub enum Payload {
 /// One key to move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub key: Vec<u8>,
+    /// The key's name; scanned keys share one buffer per batch (`bytes::BytesMut::split`), so a
+    /// key costs no allocation of its own.
+    pub key: Bytes,
     pub payload: Payload,
     /// Absolute expiry in Unix milliseconds, 0 for none.
     pub expire_at_ms: i64,
@@ -708,22 +711,22 @@ mod tests {
             db: 3,
             entries: vec![
                 Entry {
-                    key: b"s".to_vec(),
-                    payload: Payload::Str(b"hello".to_vec()),
+                    key: b"s".to_vec().into(),
+                    payload: Payload::Str(b"hello".to_vec().into()),
                     expire_at_ms: 0,
                 },
                 Entry {
-                    key: b"n".to_vec(),
-                    payload: Payload::Str(b"42".to_vec()),
+                    key: b"n".to_vec().into(),
+                    payload: Payload::Str(b"42".to_vec().into()),
                     expire_at_ms: 99,
                 },
                 Entry {
-                    key: b"d".to_vec(),
+                    key: b"d".to_vec().into(),
                     payload: Payload::Dump(b"\x0e...".to_vec()),
                     expire_at_ms: 0,
                 },
                 Entry {
-                    key: b"t".to_vec(),
+                    key: b"t".to_vec().into(),
                     payload: Payload::Tombstone,
                     expire_at_ms: 0,
                 },
@@ -802,7 +805,7 @@ mod tests {
             id: 1,
             db,
             entries: vec![Entry {
-                key: b"k".to_vec(),
+                key: b"k".to_vec().into(),
                 payload: Payload::Dump(b"P".to_vec()),
                 expire_at_ms: 0,
             }],
@@ -844,8 +847,8 @@ mod tests {
             id: 7,
             db: 0,
             entries: vec![Entry {
-                key: b"k".to_vec(),
-                payload: Payload::Str(b"v".to_vec()),
+                key: b"k".to_vec().into(),
+                payload: Payload::Str(b"v".to_vec().into()),
                 expire_at_ms: 0,
             }],
             bytes: 2,

@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use redis_module::raw;
 
 use super::{call, guard, log_notice, log_warning, rm, string_bytes, DetachedContext};
@@ -586,7 +587,7 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
             // deleted just above; it must not read as vanished, which would send a tombstone
             // after the copy.
             Some(false) if batch.entries[..n].iter().any(|prev| prev.key == e.key) => {}
-            Some(false) => resend.push((batch.db, e.key.clone())),
+            Some(false) => resend.push((batch.db, e.key.to_vec())),
             // A tombstone was delivered: nothing is left here to delete.
             None => {}
         }
@@ -647,7 +648,7 @@ unsafe fn unchanged(key: *mut raw::RedisModuleKey, e: &Entry) -> Option<bool> {
         Payload::Str(value) => Some(
             kind == raw::REDISMODULE_KEYTYPE_STRING as c_int
                 && abs_expire(key) == e.expire_at_ms
-                && string_value(key) == Some(value.as_slice()),
+                && string_value(key) == Some(&value[..]),
         ),
         Payload::Dump(_) => Some(abs_expire(key) == e.expire_at_ms),
     }
@@ -712,7 +713,7 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
                 || rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int
             {
                 Some(Entry {
-                    key: k.clone(),
+                    key: Bytes::copy_from_slice(k),
                     payload: Payload::Tombstone,
                     expire_at_ms: 0,
                 })
@@ -750,7 +751,8 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
 
 fn payload_len(p: &Payload) -> u64 {
     match p {
-        Payload::Str(v) | Payload::Dump(v) => v.len() as u64,
+        Payload::Str(v) => v.len() as u64,
+        Payload::Dump(v) => v.len() as u64,
         Payload::Tombstone => 0,
     }
 }
@@ -764,7 +766,7 @@ unsafe fn copy_entry(
 ) -> Option<Entry> {
     let expire_at_ms = abs_expire(key);
     let payload = if rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_STRING as c_int {
-        Payload::Str(string_value(key)?.to_vec())
+        Payload::Str(Bytes::copy_from_slice(string_value(key)?))
     } else {
         match call::call(ctx, "DUMP", &[name]) {
             Ok(Value::Bulk(d)) => Payload::Dump(d),
@@ -772,7 +774,7 @@ unsafe fn copy_entry(
         }
     };
     Some(Entry {
-        key: name.to_vec(),
+        key: Bytes::copy_from_slice(name),
         payload,
         expire_at_ms,
     })
@@ -790,10 +792,30 @@ fn ranges(task: &Task) -> String {
 struct Collect<'a> {
     slots: &'a [bool],
     pipe: &'a mut Pipeline,
+    /// The names and string values of `entries`, one buffer for the batch: each is split off
+    /// as a shared view ([`Collect::keep`]), with no allocation of its own.
+    arena: BytesMut,
     entries: Vec<Entry>,
     to_dump: Vec<(Vec<u8>, i64)>,
     bytes: u64,
     found: u64,
+}
+
+/// Size of the buffers a batch's names and string values are copied into: small enough that a
+/// batch of a few keys (a tick that found little) pins little memory while in flight, large
+/// enough that a full batch needs one allocation per hundred-odd keys.
+const ARENA_CHUNK: usize = 16 * 1024;
+
+impl Collect<'_> {
+    /// `bytes` copied into the batch's buffer, as a view of their own (a value larger than a
+    /// chunk gets a buffer of its own size).
+    fn keep(&mut self, bytes: &[u8]) -> Bytes {
+        if self.arena.capacity() < bytes.len() {
+            self.arena.reserve(bytes.len().max(ARENA_CHUNK));
+        }
+        self.arena.extend_from_slice(bytes);
+        self.arena.split().freeze()
+    }
 }
 
 unsafe extern "C" fn scan_callback(
@@ -823,9 +845,11 @@ unsafe extern "C" fn scan_callback(
                 match string_value(key) {
                     Some(value) => {
                         c.bytes += (name.len() + value.len()) as u64;
+                        let key = c.keep(name);
+                        let value = c.keep(value);
                         c.entries.push(Entry {
-                            key: name.to_vec(),
-                            payload: Payload::Str(value.to_vec()),
+                            key,
+                            payload: Payload::Str(value),
                             expire_at_ms,
                         });
                     }
@@ -862,6 +886,7 @@ unsafe fn collect_batch(
     let mut c = Collect {
         slots: &task.slots,
         pipe: &mut task.pipe,
+        arena: BytesMut::new(),
         entries: Vec::new(),
         to_dump: Vec::new(),
         bytes: 0,
@@ -900,7 +925,7 @@ unsafe fn collect_batch(
             Ok(Value::Bulk(d)) => {
                 bytes += (name.len() + d.len()) as u64;
                 entries.push(Entry {
-                    key: name,
+                    key: Bytes::from(name),
                     payload: Payload::Dump(d),
                     expire_at_ms,
                 });
