@@ -144,8 +144,8 @@ pub mod clmul {
         _mm_or_si128, _mm_set1_epi8, _mm_set_epi64x, _mm_slli_epi64, _mm_srli_si128, _mm_xor_si128,
     };
 
-    /// `floor(x^80 / P)` without its `x^64` term.
-    const MU_LOW: u64 = {
+    /// `x^80` divided by `P = 0x11021` (carry-less long division): `(quotient, remainder)`.
+    const X80_DIV_P: (u128, u128) = {
         let p: u128 = 0x11021;
         let mut rem: u128 = 1 << 80;
         let mut q: u128 = 0;
@@ -157,23 +157,17 @@ pub mod clmul {
             }
             bit -= 1;
         }
-        assert!(q >> 64 == 1);
-        q as u64
+        (q, rem)
+    };
+
+    /// `floor(x^80 / P)` without its `x^64` term.
+    const MU_LOW: u64 = {
+        assert!(X80_DIV_P.0 >> 64 == 1);
+        X80_DIV_P.0 as u64
     };
 
     /// `x^80 mod P`: folds the first of two words onto the second ([`two_words`]).
-    const X80_MOD_P: u64 = {
-        let p: u128 = 0x11021;
-        let mut rem: u128 = 1 << 80;
-        let mut bit = 80;
-        while bit >= 16 {
-            if rem & (1 << bit) != 0 {
-                rem ^= p << (bit - 16);
-            }
-            bit -= 1;
-        }
-        rem as u64
-    };
+    const X80_MOD_P: u64 = X80_DIV_P.1 as u64;
 
     /// Whether this CPU can run [`key_slot`] (checked once, at load).
     pub fn available() -> bool {
