@@ -235,28 +235,47 @@ pub unsafe fn inline_string_bytes<'a>(s: *const raw::RedisModuleString) -> Optio
     if s.is_null() {
         return Some(&[]);
     }
-    let header = std::ptr::read(s as *const u8);
-    // `type` (low 4 bits) OBJ_STRING = 0 and `encoding` (high 4 bits) RAW = 0 or EMBSTR = 8:
-    // exactly the headers with the low 7 bits clear.
-    if header & 0x7f == 0 {
-        // Read the sds length from its header instead of calling RedisModule_StringPtrLen:
-        // a call per argument is a large share of the filter's budget. The layouts are those
-        // of sds.h since redis 3.2 (unchanged through 8.x): the byte before the buffer holds
-        // the type in its low 3 bits; the packed header before it starts with the length.
+    // sdshdr8 first: every embedded string (arguments up to 44 bytes) uses it.
+    if let Some(bytes) = sds8_bytes(s) {
+        return Some(bytes);
+    }
+    if std::ptr::read(s as *const u8) & 0x7f == 0 {
         let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
         if !sds.is_null() {
-            let flags = std::ptr::read(sds.sub(1));
-            // sdshdr8 first: every embedded string (arguments up to 44 bytes) uses it.
-            if flags & 7 == 1 {
-                let len = std::ptr::read(sds.sub(3)) as usize;
-                return Some(std::slice::from_raw_parts(sds, len));
-            }
-            if let Some(len) = other_sds_len(sds, flags) {
+            if let Some(len) = other_sds_len(sds, std::ptr::read(sds.sub(1))) {
                 return Some(std::slice::from_raw_parts(sds, len));
             }
         }
     }
     api_string_bytes(s)
+}
+
+/// The bytes of a plain string with a one-byte sds header (every string up to 255 bytes),
+/// read from the server's layout; `None` for anything else (an integer-encoded string, a
+/// longer one, null).
+///
+/// The robj's first byte holds `type` (low 4 bits, OBJ_STRING = 0) and `encoding` (high 4 bits,
+/// RAW = 0 or EMBSTR = 8): exactly the headers with the low 7 bits clear. Reading the length
+/// from the sds header instead of calling `RedisModule_StringPtrLen` saves a call per argument,
+/// a large share of the filter's budget. The layouts are those of sds.h since redis 3.2
+/// (unchanged through 8.x): the byte before the buffer holds the type in its low 3 bits; the
+/// packed header before it starts with the length.
+///
+/// # Safety
+/// `s` must be null or a live `RedisModuleString`, and [`inline_strings`] must be true.
+#[inline(always)]
+pub unsafe fn sds8_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    if s.is_null() || std::ptr::read(s as *const u8) & 0x7f != 0 {
+        return None;
+    }
+    let sds = std::ptr::read((s as *const u8).add(8) as *const *const u8);
+    if sds.is_null() || std::ptr::read(sds.sub(1)) & 7 != 1 {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(
+        sds,
+        std::ptr::read(sds.sub(3)) as usize,
+    ))
 }
 
 /// The length of an sds string whose header is not an `sdshdr8`.
