@@ -251,26 +251,32 @@ impl KeyPlan {
 
 #[inline]
 fn legacy_keys(first: i32, last: i32, step: i32, argc: usize) -> Keys {
+    match legacy_span(first, last, step, argc) {
+        Some((first, last, step)) => {
+            let mut ranges = KeyRanges::default();
+            ranges.push(first, last, step);
+            Keys::At(ranges)
+        }
+        None => Keys::None,
+    }
+}
+
+/// The positions of a legacy key range among `argc` arguments: `first..=last` by `step`, a
+/// negative `last` counting from the end; `None` when the command has no keys by it (natively,
+/// a position past the arguments means the command is malformed: no keys).
+#[inline(always)]
+pub fn legacy_span(first: i32, last: i32, step: i32, argc: usize) -> Option<(u32, u32, u32)> {
     let argc = argc as i64;
     let first = first as i64;
-    if first <= 0 {
-        return Keys::None;
-    }
     let last = if last < 0 {
         argc + last as i64
     } else {
         last as i64
     };
-    if last < first {
-        return Keys::None;
+    if first <= 0 || last < first || last >= argc {
+        return None;
     }
-    // Native: a position past the arguments means the command is malformed: no keys.
-    if last >= argc {
-        return Keys::None;
-    }
-    let mut ranges = KeyRanges::default();
-    ranges.push(first as u32, last as u32, step.max(1) as u32);
-    Keys::At(ranges)
+    Some((first as u32, last as u32, step.max(1) as u32))
 }
 
 fn spec_keys(specs: &[Spec], argc: usize, arg_int: impl Fn(usize) -> Option<i64>) -> Keys {

@@ -19,7 +19,7 @@
 //! else gets `-MOVED` to the master. Who may bypass all of this (the master link, scripts' inner
 //! calls, the module's own calls) is decided by the caller, not here.
 
-use crate::command_table::{CmdFlags, CommandTable, FastPlan, KeyPlan, Keys};
+use crate::command_table::{legacy_span, CmdFlags, CommandTable, FastPlan, KeyPlan, Keys};
 use crate::slot::{key_slot, key_slot_inline, SLOT_COUNT};
 
 /// Outcome of [`fast_path`]: the cheap first look the command filter takes at every command.
@@ -149,21 +149,14 @@ pub fn several_keys_slot_inline<'a>(
 ) -> Result<u16, Fast> {
     let arg_int = |i: usize| args.int(i);
     match entry.keys {
-        KeyPlan::Legacy { first, last, step } => {
-            // `legacy_keys` inline.
-            let argc = argc as i64;
-            let first = first as i64;
-            let last = if last < 0 {
-                argc + last as i64
-            } else {
-                last as i64
-            };
-            if first <= 0 || last < first || last >= argc {
-                return Err(Fast::NoKeys);
+        // A legacy range, or one spec (`EVAL`, `EVALSHA`, `FCALL` with their `numkeys`, ...):
+        // no list of ranges.
+        KeyPlan::Legacy { first, last, step } => match legacy_span(first, last, step, argc) {
+            Some((first, last, step)) => {
+                one_slot(args, first as usize, last as usize, step as usize)
             }
-            one_slot(args, first as usize, last as usize, step.max(1) as usize)
-        }
-        // One spec (`EVAL`, `EVALSHA`, `FCALL` with their `numkeys`, ...): no list of ranges.
+            None => Err(Fast::NoKeys),
+        },
         KeyPlan::Specs(ref specs) if specs.len() == 1 => match specs[0].span(argc, arg_int) {
             Some((first, last, step)) => {
                 one_slot(args, first as usize, last as usize, step as usize)
