@@ -14,9 +14,9 @@
 mod common;
 
 use common::*;
-use umcluster::command_table::{parse_strict_i64, CmdFlags, CommandTable};
+use umcluster::command_table::{parse_strict_i64, CmdFlags};
 use umcluster::ffi::alloc::thread_allocations;
-use umcluster::router::{self, ClientView, Decision, Fast, SlotRoute, SlotTable};
+use umcluster::router::{self, ClientView, Decision, Fast};
 use umcluster::slot::key_slot;
 
 /// A key named `prefix<n>` whose slot is in `0..8192` (owned in the table below) or not.
@@ -33,20 +33,9 @@ fn args(parts: &[&str]) -> Vec<Vec<u8>> {
 
 #[test]
 fn owned_slot_path_makes_no_heap_allocation() {
-    let node = Node::start_plain();
-    let reply = node.raw().cmd(&["COMMAND"]);
-    let commands = CommandTable::from_command_reply(&reply).expect("COMMAND reply parses");
-
+    let commands = real_command_table();
     // This node owns slots 0..8192; a peer owns the rest.
-    let mut table = SlotTable::configured();
-    for slot in 0..16384u16 {
-        let route = if slot < 8192 {
-            SlotRoute::Owned
-        } else {
-            SlotRoute::Remote { owner: 1 }
-        };
-        table.set(slot, route);
-    }
+    let table = half_owned_table();
 
     let k = key("bench:key:", true);
     let tag = key("tag", true);

@@ -12,8 +12,8 @@
 mod common;
 
 use common::*;
-use umcluster::command_table::{parse_strict_i64, CommandTable, Keys};
-use umcluster::router::{self, Fast, SlotRoute, SlotTable};
+use umcluster::command_table::{parse_strict_i64, Keys};
+use umcluster::router::{self, Fast, SlotRoute};
 use umcluster::slot::key_slot;
 
 /// xorshift64: a seeded stream, so that a failure reproduces.
@@ -98,18 +98,8 @@ fn random_command(rng: &mut Rng) -> Vec<String> {
 
 #[test]
 fn fast_path_agrees_with_the_full_key_extraction() {
-    let node = Node::start_plain();
-    let reply = node.raw().cmd(&["COMMAND"]);
-    let commands = CommandTable::from_command_reply(&reply).expect("COMMAND reply parses");
-    let mut table = SlotTable::configured();
-    for slot in 0..16384u16 {
-        let route = if slot < 8192 {
-            SlotRoute::Owned
-        } else {
-            SlotRoute::Remote { owner: 1 }
-        };
-        table.set(slot, route);
-    }
+    let commands = real_command_table();
+    let table = half_owned_table();
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut owned, mut keyless, mut slow) = (0, 0, 0);

@@ -343,3 +343,27 @@ pub fn key_in(range: (u16, u16), prefix: &str) -> String {
         })
         .expect("some key hashes into the range")
 }
+
+/// The command table the module builds, from a plain server's `COMMAND` reply (the routing
+/// tests that need no module: key positions exactly as the filter sees them).
+pub fn real_command_table() -> umcluster::command_table::CommandTable {
+    let node = Node::start_plain();
+    let reply = node.raw().cmd(&["COMMAND"]);
+    umcluster::command_table::CommandTable::from_command_reply(&reply)
+        .expect("COMMAND reply parses")
+}
+
+/// A slot table that owns slots 0..8192; a peer (node 1) owns the rest.
+pub fn half_owned_table() -> umcluster::router::SlotTable {
+    use umcluster::router::{SlotRoute, SlotTable};
+    let mut table = SlotTable::configured();
+    for slot in 0..16384u16 {
+        let route = if slot < 8192 {
+            SlotRoute::Owned
+        } else {
+            SlotRoute::Remote { owner: 1 }
+        };
+        table.set(slot, route);
+    }
+    table
+}
