@@ -20,7 +20,6 @@ import datetime
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from migration import cli, pinger, server_version, wait_until  # noqa: E402  (same probes as the module's benchmark)
+# A free port below 55535: a cluster node also listens on port + 10000 (its bus).
+from bench import free_port  # noqa: E402
 
 
 KEEP_SLOT = 16383
-
-
-def free_port():
-    """A free port below 55535: a cluster node also listens on port + 10000 (its bus)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 55535:
-            return port
 
 
 class Node:
