@@ -90,6 +90,13 @@ def task_done(node):
     return bool(tasks) and all(t["state"] == "done" for t in tasks)
 
 
+def move_and_commit(src, dst):
+    """Marks the move (epoch 2), waits until the mover is done, commits it (epoch 3)."""
+    push_migrating(2, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    push_committed(3, src, dst)
+
+
 def keys_in(lo, hi, prefix, n):
     out, i = [], 0
     while len(out) < n:
@@ -529,9 +536,7 @@ def test_moved_strings_keep_the_servers_encodings(servers):
         c.set(names[kind], v)
     before = {kind: c.object("encoding", names[kind]) for kind in values}
     assert before["int"] == "int" and before["raw"] == "raw" and before["notint"] == "embstr", before
-    push_migrating(2, src, dst)
-    wait_until(lambda: task_done(src), timeout=60, what="migration done")
-    push_committed(3, src, dst)
+    move_and_commit(src, dst)
     d = dst.client()
     after = {kind: d.object("encoding", names[kind]) for kind in values}
     assert after == before
@@ -602,9 +607,7 @@ def test_the_destination_replays_the_imports_from_its_aof(servers):
         else:
             pipe.hset(k, mapping={"a": i, "b": "x"})
     pipe.execute()
-    push_migrating(2, src, dst)
-    wait_until(lambda: task_done(src), timeout=60, what="migration done")
-    push_committed(3, src, dst)
+    move_and_commit(src, dst)
     d = dst.client()
     digest = d.execute_command("DEBUG", "DIGEST")
     assert d.dbsize() == len(names)
@@ -786,9 +789,7 @@ def test_string_values_of_every_length_form_arrive_byte_for_byte(servers):
     for i, (k, v) in enumerate(expected.items()):
         c.set(k, v, px=3_600_000 if i % 2 else None)
     ttls = {k: c.pttl(k) for k in expected}
-    push_migrating(2, src, dst)
-    wait_until(lambda: task_done(src), timeout=60, what="migration done")
-    push_committed(3, src, dst)
+    move_and_commit(src, dst)
     d = dst.client(decode_responses=False)
     for k, v in expected.items():
         assert d.get(k) == v, (k, len(v))
