@@ -130,19 +130,10 @@ pub fn fast_path_args<'a>(
 }
 
 /// The one slot of a command's keys ([`FastPlan::Keys`]), or what [`fast_path_args`] answers
-/// instead. Out of line: inlined, its loops make every one-key command pay for the registers.
-#[inline(never)]
-pub fn several_keys_slot<'a>(
-    entry: &crate::command_table::CommandEntry,
-    argc: usize,
-    args: &impl Args<'a>,
-) -> Result<u16, Fast> {
-    several_keys_slot_inline(entry, argc, args)
-}
-
-/// [`several_keys_slot`], inlined into a caller that is itself out of line.
+/// instead. Always inlined: the filter calls it from a function of its own, out of line, so
+/// that its loops do not cost the one-key path registers.
 #[inline(always)]
-pub fn several_keys_slot_inline<'a>(
+pub fn several_keys_slot<'a>(
     entry: &crate::command_table::CommandEntry,
     argc: usize,
     args: &impl Args<'a>,

@@ -418,7 +418,7 @@ unsafe fn several_keys_slot<const CLMUL: bool>(
     argc: usize,
     argv: *const *mut raw::RedisModuleString,
 ) -> Result<u16, Fast> {
-    router::several_keys_slot_inline(entry, argc, &Filter::<CLMUL> { fctx, argc, argv })
+    router::several_keys_slot(entry, argc, &Filter::<CLMUL> { fctx, argc, argv })
 }
 
 /// `type` OBJ_STRING (0) in the low 4 bits of a `robj`'s first byte, `encoding`
