@@ -87,14 +87,14 @@ def random_command(rng):
     return [spell(rng, rng.choice(["NOSUCHCMD", "GETX", "G"])), k()]
 
 
-KEY_POSITIONS = {"GET": [1], "SET": [1], "INCR": [1], "HSET": [1]}
+#: Commands with one key, at position 1, and their arity.
+ONE_KEY_ARITY = {"GET": 2, "SET": 3, "INCR": 2, "HSET": 4}
 
 
 def keys_of(cmd):
     name = cmd[0].upper()
-    if name in KEY_POSITIONS:
-        arity_ok = {"GET": 2, "SET": 3, "INCR": 2, "HSET": 4}[name] == len(cmd)
-        return [cmd[1]] if arity_ok else []
+    if name in ONE_KEY_ARITY:
+        return [cmd[1]] if ONE_KEY_ARITY[name] == len(cmd) else []
     if name == "MSET":
         return cmd[1::2] if len(cmd) >= 3 and len(cmd) % 2 == 1 else []
     if name in ("MGET", "DEL"):
