@@ -124,6 +124,38 @@ pub fn current() -> Caller {
     }
 }
 
+/// Whether the command comes from a known client that routing treats plainly: not the master
+/// link, not the AOF, not in `MULTI` (false when identity is off or there is no client).
+#[inline(always)]
+pub fn current_is_plain_client() -> bool {
+    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
+    if at.is_null() {
+        return false;
+    }
+    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
+    unsafe {
+        let client = std::ptr::read(at);
+        !client.is_null()
+            && std::ptr::read(client) != AOF_CLIENT_ID
+            && std::ptr::read(client.add(1)) & (flags::MASTER | flags::MULTI) == 0
+    }
+}
+
+/// Whether the client a module command's context names is a script's (a `redis.call`).
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command.
+pub unsafe fn ctx_client_is_script(ctx: *mut raw::RedisModuleCtx) -> bool {
+    // The context's client, trusted once its id is the one the API gives (as in calibration).
+    let client = *(ctx as *const *const u64).add(2);
+    if !client.is_null()
+        && raw::RedisModule_GetClientId.is_some_and(|id| id(ctx) == std::ptr::read(client))
+    {
+        return std::ptr::read(client.add(1)) & flags::SCRIPT != 0;
+    }
+    super::rm!(RedisModule_GetContextFlags)(ctx) as u32 & raw::REDISMODULE_CTX_FLAGS_LUA != 0
+}
+
 /// Whether the client executing the command is in `MULTI`: the same answer as
 /// `current().in_multi()` (false when identity is off or there is no client), cheaper.
 #[inline(always)]

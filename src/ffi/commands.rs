@@ -11,6 +11,7 @@ use redis_module::raw;
 
 use super::client::{self, Calibration};
 use super::{call, guard, log_notice, log_warning, reply, rm, string_bytes};
+use super::{filter, moved};
 use crate::addr::Addr;
 use crate::commands::connection::{self, CallSite};
 use crate::commands::{cluster, umctl, Server};
@@ -533,7 +534,6 @@ extern "C" fn redirect_command(
 ) -> c_int {
     // SAFETY: ctx and argv are the context and arguments of this command.
     unsafe {
-        calibrate(ctx);
         let replied = guard(
             "umcluster.redirect",
             || {
@@ -543,6 +543,20 @@ extern "C" fn redirect_command(
                 } else {
                     &b"ERR umcluster.redirect needs an error line"[..]
                 };
+                // The commonest redirect skips re-checking client identity (every other command
+                // of the module does it, and so does this one until identity is found).
+                let cached = match argc >= 2 {
+                    true => moved::cached_slot(*argv.add(1), text),
+                    false => None,
+                };
+                if cached.is_none() || !client::identity_available() {
+                    calibrate(ctx);
+                }
+                if let Some(slot) = cached {
+                    if reply_cached_moved(ctx, slot) {
+                        return true;
+                    }
+                }
                 // One line, no NUL: the reply is written as `-<text>\r\n`.
                 let clean = |b: &u8| {
                     if *b == b'\r' || *b == b'\n' || *b == 0 {
@@ -580,6 +594,25 @@ extern "C" fn redirect_command(
             );
         }
         raw::REDISMODULE_OK as c_int
+    }
+}
+
+/// Counts a `MOVED` line the filter took from the cache (see [`moved`]) and replies the cached
+/// reply; false if there is none (the caller then formats the line). A script's call gets the
+/// native script error instead: the filter's quick `MOVED` does not tell scripts apart.
+unsafe fn reply_cached_moved(ctx: *mut raw::RedisModuleCtx, slot: u16) -> bool {
+    if client::ctx_client_is_script(ctx) {
+        state::try_with_mut(|st| st.stats.script_denied += 1);
+        let text = CString::new(filter::SCRIPT_NON_LOCAL).unwrap_or_default();
+        rm!(RedisModule_ReplyWithError)(ctx, text.as_ptr());
+        return true;
+    }
+    state::try_with_mut(|st| st.stats.moved += 1);
+    match moved::reply(slot, filter::EXISTS_CTX.get()) {
+        Some(reply) => {
+            rm!(RedisModule_ReplyWithCallReply)(ctx, reply) == raw::REDISMODULE_OK as c_int
+        }
+        None => false,
     }
 }
 

@@ -6,7 +6,8 @@
 //! - a command this node executes is left untouched (the common case: one hash lookup of the
 //!   name, a CRC16 per key, one table read; no allocation);
 //! - a command that must be redirected becomes `umcluster.redirect "<error line>" ...`, a module
-//!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`);
+//!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`); a `MOVED` line is made once
+//!   per slot and handed over by reference, its reply made once too ([`moved`]);
 //! - inside MULTI it instead becomes an unknown command whose name is the redirect
 //!   (`'MOVED 3999 127.0.0.1:7002'`): the server rejects it at queue time and flags the
 //!   transaction, so `EXEC` answers `-EXECABORT` and runs nothing. A module command would merely
@@ -21,7 +22,8 @@
 //! calls (registered with `NOSELF`), and calls with no client at all.
 //!
 //! Three paths, cheapest first, each deciding only what it can: [`one_key_fast`] (raw reads of
-//! the context and the argument strings: one-key commands and keyless ones on owned slots),
+//! the context and the argument strings: one-key commands and keyless ones on owned slots, and
+//! through [`moved_or_full`] a `MOVED` already cached),
 //! [`general_filter`] (the first version of the fast path, through [`router::fast_path_args`]),
 //! and the full rules ([`slow_filter`], with the state held exclusively), which decide
 //! everything from scratch.
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use redis_module::raw;
 
 use super::client::{self, Caller};
+use super::moved;
 use super::{
     guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
     rm, sds8_bytes, string_bytes, DetachedContext,
@@ -51,7 +54,8 @@ pub const PUBLISH_COMMAND: &str = "umcluster.publish";
 pub const INFO_COMMAND: &str = "umcluster.info";
 
 /// Error a script gets for a key this node does not serve (native text).
-const SCRIPT_NON_LOCAL: &str = "ERR Script attempted to access a non local key in a cluster node";
+pub(super) const SCRIPT_NON_LOCAL: &str =
+    "ERR Script attempted to access a non local key in a cluster node";
 /// Error a script gets while this node has no topology (native text).
 const SCRIPT_CLUSTER_DOWN: &str =
     "ERR Script attempted to execute a command while the cluster is down";
@@ -255,6 +259,20 @@ impl<const CLMUL: bool> Filter<CLMUL> {
         }
     }
 
+    /// Turns the command into `umcluster.redirect <cached MOVED line>` (see [`moved`]): both
+    /// strings are the module's, retained rather than copied.
+    unsafe fn answer_moved(&self, line: *mut raw::RedisModuleString) {
+        let name = moved::command_name();
+        rm!(RedisModule_RetainString)(std::ptr::null_mut(), name);
+        rm!(RedisModule_CommandFilterArgReplace)(self.fctx, 0, name);
+        rm!(RedisModule_RetainString)(std::ptr::null_mut(), line);
+        if self.argc >= 2 {
+            rm!(RedisModule_CommandFilterArgReplace)(self.fctx, 1, line);
+        } else {
+            rm!(RedisModule_CommandFilterArgInsert)(self.fctx, 1, line);
+        }
+    }
+
     /// Turns a command queued in MULTI into an unknown command named after the error, so the
     /// server rejects it and flags the transaction.
     unsafe fn reject_in_transaction(&self, error: &[u8]) {
@@ -319,19 +337,23 @@ unsafe fn filter<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilterCtx)
         Quick::Run => {}
         Quick::Full => full_filter(fctx),
         Quick::Unsure => general_filter::<CLMUL>(fctx),
+        Quick::NotServed(slot) => moved_or_full(fctx, slot),
     }
 }
 
 /// What [`one_key_fast`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Quick {
-    /// The command runs untouched.
+    /// Nothing left to decide: the command runs untouched, or was turned into a cached `MOVED`.
     Run,
     /// The full rules decide ([`slow_filter`]): [`fast_path`] would not settle it either (a
     /// redirect, `MULTI`, a pending `ASKING` ...).
     Full,
     /// [`general_filter`] decides.
     Unsure,
+    /// All keys in this slot, which this node does not serve as a stable owner: a quick
+    /// `MOVED`, or the full rules ([`moved_or_full`]).
+    NotServed(u16),
 }
 
 /// Debug builds: whether the command is the one that makes the filter panic
@@ -347,10 +369,11 @@ unsafe fn injected_panic(fctx: *mut raw::RedisModuleCommandFilterCtx) -> bool {
 /// The commonest case in as few instructions as possible: a command of up to 8 letters, spelled
 /// in one case, whose one key sits at a fixed position (`GET k`, `SET k v`, `INCR k`, `HSET k f
 /// v` ...), on a slot this node owns and that is not moving, from a client not in `MULTI`, with
-/// no `ASKING` pending anywhere; or a command without keys ([`Quick::Run`]). A command the
-/// general fast path would not settle either goes straight to the full rules ([`Quick::Full`]:
-/// a redirect, a transaction); anything it does not look at goes to [`general_filter`]. So it
-/// only has to be right when it says [`Quick::Run`], and agrees with [`fast_path`] then.
+/// no `ASKING` pending anywhere; or a command without keys ([`Quick::Run`]). Keys in a slot
+/// not served here go to [`moved_or_full`] ([`Quick::NotServed`]); a command the general fast
+/// path would not settle either goes straight to the full rules ([`Quick::Full`]: a
+/// transaction, a pending `ASKING`); anything it does not look at goes to [`general_filter`].
+/// So it only has to be right when it says [`Quick::Run`], and agrees with [`fast_path`] then.
 ///
 /// Reads the filter context's fields and the argument strings directly, once the first command
 /// has shown their layout is the expected one ([`DIRECT_ARGC`]).
@@ -399,7 +422,9 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
                     _ => return Quick::Unsure,
                 }
             };
-            if st.table.owned_stable(slot) && !client::current_in_multi() {
+            if !st.table.owned_stable(slot) {
+                Quick::NotServed(slot)
+            } else if !client::current_in_multi() {
                 Quick::Run
             } else {
                 Quick::Full
@@ -407,6 +432,46 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
         })
     }
     .unwrap_or(Quick::Unsure)
+}
+
+/// For [`Quick::NotServed`]: a slot another master owns, stable, asked by a plain client (not
+/// in `MULTI`, not the master link; no `ASKING` pending, checked by [`one_key_fast`]) is
+/// answered `MOVED` with the line the full rules cached for the slot the first time
+/// ([`moved`]); anything else goes to the full rules. A script's call is told apart by
+/// `umcluster.redirect` itself. Out of line, so the owned-slot path keeps no stack frame.
+#[inline(never)]
+unsafe fn moved_or_full(fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) {
+    // SAFETY: as in `one_key_fast` (which saw the argument count there); the rewrite frees
+    // the replaced arguments and re-enters nothing.
+    let answered = guard(
+        "the command filter",
+        || unsafe { state::peek(|st| quick_moved(st, fctx, slot)) == Some(true) },
+        |_| false,
+    );
+    if !answered {
+        full_filter(fctx);
+    }
+}
+
+unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) -> bool {
+    let SlotRoute::Remote { owner } = st.table.get(slot) else {
+        return false;
+    };
+    // A replica serves its master's slots to READONLY connections: the full rules decide.
+    if st.table.my_master == Some(owner) || !client::current_is_plain_client() {
+        return false;
+    }
+    let Some(line) = moved::line(slot, st.table_version) else {
+        return false;
+    };
+    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
+    Filter::<false> {
+        fctx,
+        argc: argc.max(0) as usize,
+        argv: std::ptr::null(),
+    }
+    .answer_moved(line);
+    true
 }
 
 /// [`router::several_keys_slot`] for [`one_key_fast`]: out of line, with the arguments built
@@ -860,8 +925,18 @@ unsafe fn slow_path(
 
     if !decision.is_execute() {
         let text = error_text(st, decision);
-        count(st, decision);
-        f.reply_error(&text);
+        // A MOVED is counted by `umcluster.redirect`, which knows the cached line.
+        let cached = match decision {
+            Decision::Moved { slot, .. } => moved::line_or_make(slot, st.table_version, &text),
+            _ => None,
+        };
+        match cached {
+            Some(line) => f.answer_moved(line),
+            None => {
+                count(st, decision);
+                f.reply_error(&text);
+            }
+        }
     } else if let (true, Some(id), Some(slot), false) = (
         flags.contains(CmdFlags::BLOCKING),
         id,

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod import;
 pub mod info;
 pub mod module;
+pub mod moved;
 pub mod mover;
 pub mod reply;
 

@@ -95,6 +95,8 @@ required_api!(
     RedisModule_FreeString,
     RedisModule_StringPtrLen,
     RedisModule_ReplyWithError,
+    RedisModule_ReplyWithCallReply,
+    RedisModule_RetainString,
     RedisModule_ReplyWithSimpleString,
     RedisModule_ReplyWithLongLong,
     RedisModule_ReplyWithStringBuffer,
@@ -272,6 +274,8 @@ fn unload() -> Status {
         return Status::Err;
     }
     state::clear();
+    // SAFETY: unload runs on the main thread, outside any command.
+    unsafe { super::moved::clear() };
     filter::EXISTS_CTX.free();
     super::mover::TIMER_CTX.free();
     Status::Ok

@@ -163,6 +163,41 @@ def test_replica_applies_writes_for_slots_it_does_not_serve(servers, replica_con
     assert raw(replica, "GET", "after:k:1") == expected
 
 
+def test_replica_with_cached_redirects_still_applies_every_write_of_its_master(servers):
+    """A replica's clients get MOVED for every slot, which caches a redirect per slot (moved.rs);
+    the master link's commands for those slots must still be applied, never redirected. Half
+    the slots are another node's in the replica's topology (a push its master has not had yet):
+    those redirects do not point at its master, so only the client check tells them apart."""
+    master, replica = servers.start(), servers.start()
+    setcluster_master(master)
+    elsewhere = f"127.0.0.1:{replica.port + 1 if replica.port < 65535 else replica.port - 1}"
+    reply = raw(
+        replica, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "db", replica.addr, "0",
+        "PEER", master.addr, "1", "0-8191", elsewhere, "1", "8192-16383",
+    )
+    assert reply == "OK", reply
+    attach(master, replica)
+
+    def owner(key):
+        return master.addr if key_slot(key) < 8192 else elsewhere
+
+    keys = [f"after:k:{i}" for i in range(3000)]
+    with RawConnection(replica.port) as c:
+        for _ in range(2):  # the first ask of each slot caches, the second replays
+            for key in keys:
+                c.send("GET", key)
+            for key in keys:
+                assert c.read() == f"MOVED {key_slot(key)} {owner(key)}"
+    moved = int(info_fields(replica, "umcluster")["umcluster_redirect_moved"])
+    assert moved == 2 * len(keys)
+
+    write_batch(master, "after")
+    assert_identical(master, replica)
+    assert int(info_fields(replica, "umcluster")["umcluster_redirect_moved"]) == moved
+    for key in ("after:k:1", "after:k:2", "after:k:3"):
+        assert raw(replica, "GET", key) == f"MOVED {key_slot(key)} {owner(key)}"
+
+
 def test_replica_redirects_clients_to_its_master(servers):
     master, replica = start_pair(servers, "serves-nothing")
     master.client().set("foo", "bar")

@@ -1,0 +1,234 @@
+//! Cached `MOVED` replies: a redirect answered with no formatting and no allocation.
+//!
+//! On 7.0 the only way for a module to reply an error, `RedisModule_ReplyWithError`, formats the
+//! line with printf: about 2,700 instructions, more than the whole `GET` it answers for. A reply
+//! obtained through `RedisModule_Call` keeps its protocol bytes and its list of errors, and
+//! `RedisModule_ReplyWithCallReply` copies the bytes to the client and hands it the errors, so
+//! the server counts the error exactly as it would have (`errorstat_MOVED`, the command's
+//! `failed_calls`). So for each slot answered `MOVED`, the module keeps:
+//! - the error line as a server string, which the filter hands to `umcluster.redirect` by
+//!   reference (retained, not copied), and
+//! - the reply `umcluster.redirect` gives for that line, made once through `RedisModule_Call`.
+//!
+//! `umcluster.redirect` knows a cached line by its address (a client cannot pass that string)
+//! and replies the cached reply. Everything belongs to one routing table version: the first
+//! `MOVED` cached after the table changed drops the previous version's lines and replies. At
+//! most one line and one reply per slot (about 300 bytes each), so at most about 5 MB while a
+//! client keeps asking this node for every slot it does not own.
+//!
+//! Main thread only, like the state: the filter and the module's commands run there (or on a
+//! thread holding the server lock, while the main thread waits).
+
+use std::cell::UnsafeCell;
+
+use redis_module::raw;
+
+use super::filter::REDIRECT_COMMAND;
+use super::{new_string, rm};
+use crate::slot::SLOT_COUNT;
+
+/// One slot's cached `MOVED`: the line (`MOVED <slot> <host:port>`) and, once made, the reply.
+#[derive(Clone, Copy)]
+struct Entry {
+    line: *mut raw::RedisModuleString,
+    reply: *mut raw::RedisModuleCallReply,
+}
+
+const EMPTY: Entry = Entry {
+    line: std::ptr::null_mut(),
+    reply: std::ptr::null_mut(),
+};
+
+struct Cache {
+    /// The routing table version the entries belong to.
+    version: u64,
+    /// `SLOT_COUNT` entries once a line was cached, else none.
+    slots: Vec<Entry>,
+    /// The name of the redirect command as a server string, made once.
+    command: *mut raw::RedisModuleString,
+}
+
+struct MainThread(UnsafeCell<Cache>);
+
+// SAFETY: touched only on the main thread (see the file comment).
+unsafe impl Sync for MainThread {}
+
+static CACHE: MainThread = MainThread(UnsafeCell::new(Cache {
+    version: 0,
+    slots: Vec::new(),
+    command: std::ptr::null_mut(),
+}));
+
+/// The cached line of `slot` for table `version`, if one was made.
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+#[inline(always)]
+pub unsafe fn line(slot: u16, version: u64) -> Option<*mut raw::RedisModuleString> {
+    let cache = &*CACHE.0.get();
+    if cache.version != version {
+        return None;
+    }
+    let entry = cache.slots.get(slot as usize)?;
+    (!entry.line.is_null()).then_some(entry.line)
+}
+
+/// The cached line of `slot` for table `version`, made from `text` if there is none yet (and the
+/// previous version's entries dropped). `text` must be the `MOVED` line of that slot in that
+/// version. `None` only for a slot number out of range.
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+pub unsafe fn line_or_make(
+    slot: u16,
+    version: u64,
+    text: &[u8],
+) -> Option<*mut raw::RedisModuleString> {
+    if let Some(line) = line(slot, version) {
+        return Some(line);
+    }
+    let cache = &mut *CACHE.0.get();
+    if cache.version != version || cache.slots.is_empty() {
+        drop_entries(cache);
+        cache.version = version;
+        cache.slots = vec![EMPTY; SLOT_COUNT];
+    }
+    let entry = cache.slots.get_mut(slot as usize)?;
+    entry.line = new_string(text);
+    Some(entry.line)
+}
+
+/// `umcluster.redirect` as a server string.
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+pub unsafe fn command_name() -> *mut raw::RedisModuleString {
+    let cache = &mut *CACHE.0.get();
+    if cache.command.is_null() {
+        cache.command = new_string(REDIRECT_COMMAND.as_bytes());
+    }
+    cache.command
+}
+
+/// The slot whose cached line `arg` is (`text` being its bytes), if it is one.
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+pub unsafe fn cached_slot(arg: *const raw::RedisModuleString, text: &[u8]) -> Option<u16> {
+    let slot = moved_slot(text)?;
+    let cache = &*CACHE.0.get();
+    let entry = cache.slots.get(slot as usize)?;
+    (std::ptr::eq(entry.line, arg)).then_some(slot)
+}
+
+/// The slot number of a line `MOVED <slot> ...` (up to 5 digits, no sign).
+fn moved_slot(text: &[u8]) -> Option<u16> {
+    let digits = text.strip_prefix(b"MOVED ")?;
+    let mut slot = 0u32;
+    for (i, &b) in digits.iter().enumerate().take(6) {
+        match b {
+            b'0'..=b'9' if i < 5 => slot = slot * 10 + u32::from(b - b'0'),
+            b' ' if i > 0 => return u16::try_from(slot).ok(),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The reply for the cached line of `slot` (see [`cached_slot`]), made on first use by running
+/// `umcluster.redirect` with a copy of the line through `RedisModule_Call` on `call_ctx`, a
+/// context that outlives the reply (its reply keeps a pointer to it). `None` if that failed.
+///
+/// # Safety
+/// Main thread; no other function of this file is running; `call_ctx` a valid context.
+pub unsafe fn reply(
+    slot: u16,
+    call_ctx: *mut raw::RedisModuleCtx,
+) -> Option<*mut raw::RedisModuleCallReply> {
+    let entry = {
+        let cache = &*CACHE.0.get();
+        cache.slots.get(slot as usize).copied()?
+    };
+    if !entry.reply.is_null() {
+        return Some(entry.reply);
+    }
+    if entry.line.is_null() || call_ctx.is_null() {
+        return None;
+    }
+    let mut len = 0;
+    let bytes = rm!(RedisModule_StringPtrLen)(entry.line, &mut len);
+    // A copy, not the line itself: the nested call must take the formatting path, not this one.
+    // No reference into the cache is held across the call (it re-enters `cached_slot`).
+    let name = std::ffi::CString::new(REDIRECT_COMMAND).ok()?;
+    let made = rm!(RedisModule_Call)(call_ctx, name.as_ptr(), c"b".as_ptr(), bytes, len);
+    if made.is_null() {
+        return None;
+    }
+    if rm!(RedisModule_CallReplyType)(made) != raw::REDISMODULE_REPLY_ERROR as i32 {
+        rm!(RedisModule_FreeCallReply)(made);
+        return None;
+    }
+    let cache = &mut *CACHE.0.get();
+    match cache.slots.get_mut(slot as usize) {
+        Some(e) if std::ptr::eq(e.line, entry.line) => {
+            e.reply = made;
+            Some(made)
+        }
+        // The entries changed under the call (cannot happen: nothing in it routes a command).
+        _ => {
+            rm!(RedisModule_FreeCallReply)(made);
+            None
+        }
+    }
+}
+
+/// Frees every cached line and reply, and the command name (module unload).
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+pub unsafe fn clear() {
+    let cache = &mut *CACHE.0.get();
+    drop_entries(cache);
+    cache.slots = Vec::new();
+    if !cache.command.is_null() {
+        rm!(RedisModule_FreeString)(std::ptr::null_mut(), cache.command);
+        cache.command = std::ptr::null_mut();
+    }
+}
+
+/// Releases the entries' lines (a command still holding one keeps it alive) and replies.
+unsafe fn drop_entries(cache: &mut Cache) {
+    for entry in cache.slots.iter_mut() {
+        if !entry.line.is_null() {
+            rm!(RedisModule_FreeString)(std::ptr::null_mut(), entry.line);
+        }
+        if !entry.reply.is_null() {
+            rm!(RedisModule_FreeCallReply)(entry.reply);
+        }
+        *entry = EMPTY;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moved_slot;
+
+    #[test]
+    fn moved_slot_reads_the_slot_number_only_from_a_moved_line() {
+        assert_eq!(moved_slot(b"MOVED 3999 127.0.0.1:7002"), Some(3999));
+        assert_eq!(moved_slot(b"MOVED 0 [::1]:7002"), Some(0));
+        assert_eq!(moved_slot(b"MOVED 16383 h:1"), Some(16383));
+        assert_eq!(moved_slot(b"MOVED 99999 h:1"), None);
+        for bad in [
+            &b"MOVED  1 h:1"[..],
+            b"MOVED 1",
+            b"MOVED 123456 h:1",
+            b"MOVED -1 h:1",
+            b"ASK 1 h:1",
+            b"moved 1 h:1",
+            b"",
+        ] {
+            assert_eq!(moved_slot(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

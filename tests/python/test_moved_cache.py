@@ -1,0 +1,171 @@
+"""Cached MOVED replies (src/ffi/moved.rs) on a real server.
+
+The first MOVED of a slot is formatted and cached; later ones for the same slot take the
+filter's quick path and replay the cached reply. These tests check that the cached answer is
+the answer: the same text for every slot of a peer (first and later asks alike), the same error
+statistics the server keeps for a formatted error (`errorstat_MOVED`, the redirect command's
+`failed_calls`, which also counts the one nested call that made each slot's reply), the module's own counter, RESP3 clients, scripts (a script's `redis.call`
+still gets the native script error), MULTI (the transaction is still aborted), pipelines, and a
+topology change (the cache must never answer with a previous table's owner).
+"""
+
+import random
+
+import pytest
+import redis
+
+from conftest import HOST, RawConnection, info_fields, key_in_slot_range, key_slot, raw
+
+SCRIPT_ERROR = "ERR Script attempted to access a non local key in a cluster node"
+
+
+def peer_addr(server, delta=1):
+    port = server.port + delta if server.port + delta <= 65535 else server.port - delta
+    return f"{HOST}:{port}"
+
+
+def push(server, *args):
+    return raw(server, "UMCTL", "SETCLUSTER", *[str(a) for a in args])
+
+
+def half_node(servers, epoch=1):
+    """A node owning 0-8191; a peer (never contacted) owns 8192-16383."""
+    node = servers.start()
+    peer = peer_addr(node)
+    assert push(node, "v2", epoch, "NOFLAG", "db", node.addr, 1, "0-8191",
+                "PEER", peer, 1, "8192-16383") == "OK"
+    return node, peer
+
+
+def counters(node):
+    errors = info_fields(node, "errorstats")
+    stats = info_fields(node, "commandstats").get("cmdstat_umcluster.redirect", "")
+    failed = dict(kv.split("=") for kv in stats.split(",")) if stats else {}
+    mine = info_fields(node, "umcluster")
+    return {
+        "errorstat": int(errors.get("errorstat_MOVED", "count=0").split("=")[1]),
+        "failed_calls": int(failed.get("failed_calls", 0)),
+        "moved": int(mine["umcluster_redirect_moved"]),
+        "script_denied": int(mine["umcluster_script_denied"]),
+    }
+
+
+def remote_keys(n, seed):
+    rnd = random.Random(seed)
+    keys = []
+    while len(keys) < n:
+        key = f"k:{rnd.randrange(10**9)}"
+        if key_slot(key) >= 8192:
+            keys.append(key)
+    return keys
+
+
+def test_cached_moved_is_the_formatted_moved_for_every_slot_and_is_counted_once(servers):
+    node, peer = half_node(servers)
+    keys = remote_keys(300, seed=7)
+    before = counters(node)
+    with RawConnection(node.port) as c:
+        # Twice each: the first ask of a slot formats and caches, the second replays.
+        for key in keys + keys:
+            assert c.call("GET", key) == f"MOVED {key_slot(key)} {peer}"
+        # Other commands on a cached slot, one and several keys (same tag).
+        key = keys[0]
+        assert c.call("SET", key, "v") == f"MOVED {key_slot(key)} {peer}"
+        assert c.call("INCR", key) == f"MOVED {key_slot(key)} {peer}"
+        tag = "{" + key + "}"
+        assert c.call("MSET", tag + "a", "1", tag + "b", "2") == f"MOVED {key_slot(key)} {peer}"
+    sent = 2 * len(keys) + 3
+    after = counters(node)
+    assert after["errorstat"] - before["errorstat"] == sent
+    # The server also counts each reply's making (one nested call per slot, see moved.rs).
+    made = len({key_slot(k) for k in keys})
+    assert after["failed_calls"] - before["failed_calls"] == sent + made
+    assert after["moved"] - before["moved"] == sent
+    assert after["script_denied"] == before["script_denied"]
+    # Nothing was written locally.
+    assert raw(node, "DBSIZE") == 0
+
+
+def test_cached_moved_in_a_pipeline_and_for_resp3_clients(servers):
+    node, peer = half_node(servers)
+    keys = remote_keys(50, seed=11)
+    with RawConnection(node.port) as c:
+        for key in keys:
+            c.send("GET", key)
+        for key in keys:
+            assert c.read() == f"MOVED {key_slot(key)} {peer}"
+    r3 = node.client(protocol=3)
+    for key in keys[:10]:
+        with pytest.raises(redis.exceptions.ResponseError) as err:
+            r3.get(key)
+        assert str(err.value) == f"MOVED {key_slot(key)} {peer}"
+
+
+def test_scripts_get_the_native_error_before_and_after_the_slot_is_cached(servers):
+    node, peer = half_node(servers)
+    key = remote_keys(1, seed=3)[0]
+    script = "return redis.call('GET', ARGV[1])"
+    before = counters(node)
+    with RawConnection(node.port) as c:
+        assert c.call("EVAL", script, 0, key).startswith(SCRIPT_ERROR)
+        assert c.call("GET", key) == f"MOVED {key_slot(key)} {peer}"  # now cached
+        for _ in range(3):
+            assert c.call("EVAL", script, 0, key).startswith(SCRIPT_ERROR)
+        # redis.pcall hands the script the same error.
+        caught = "return redis.pcall('GET', ARGV[1])"
+        assert c.call("EVAL", caught, 0, key).startswith(SCRIPT_ERROR)
+    after = counters(node)
+    assert after["script_denied"] - before["script_denied"] == 5
+    assert after["moved"] - before["moved"] == 1
+
+
+def test_a_transaction_touching_a_cached_slot_is_aborted(servers):
+    node, peer = half_node(servers)
+    key = remote_keys(1, seed=5)[0]
+    local = key_in_slot_range("local:", 0, 8191)
+    with RawConnection(node.port) as c:
+        assert c.call("GET", key) == f"MOVED {key_slot(key)} {peer}"  # cached
+        assert c.call("MULTI") == "OK"
+        assert c.call("SET", local, "1") == "QUEUED"
+        c.call("GET", key)
+        assert c.call("EXEC").startswith("EXECABORT")
+    assert raw(node, "EXISTS", local) == 0
+
+
+def test_a_topology_change_is_never_answered_from_the_previous_table(servers):
+    node, peer = half_node(servers, epoch=1)
+    key = remote_keys(1, seed=9)[0]
+    slot = key_slot(key)
+    other = peer_addr(node, delta=2)
+    with RawConnection(node.port) as c:
+        for _ in range(2):
+            assert c.call("GET", key) == f"MOVED {slot} {peer}"
+        # The slot's owner changes: the next MOVED names the new one, first ask and later.
+        assert push(node, "v2", 2, "NOFLAG", "db", node.addr, 1, "0-8191",
+                    "PEER", other, 1, "8192-16383") == "OK"
+        for _ in range(2):
+            assert c.call("GET", key) == f"MOVED {slot} {other}"
+        # Now this node owns it: served here.
+        assert push(node, "v2", 3, "NOFLAG", "db", node.addr, 1, "0-16383") == "OK"
+        assert c.call("SET", key, "here") == "OK"
+        assert c.call("GET", key) == "here"
+        # And away again, to the first peer.
+        assert push(node, "v2", 4, "NOFLAG", "db", node.addr, 1, "0-8191",
+                    "PEER", peer, 1, "8192-16383") == "OK"
+        assert c.call("GET", key) == f"MOVED {slot} {peer}"
+        assert c.call("GET", key) == f"MOVED {slot} {peer}"
+
+
+def test_the_redirect_command_called_by_hand_only_replies_its_line(servers):
+    """A client can name the redirect command with a MOVED line of a cached slot: it is not the
+    cached string, so it is formatted, not counted, and nothing else happens."""
+    node, peer = half_node(servers)
+    key = remote_keys(1, seed=13)[0]
+    line = f"MOVED {key_slot(key)} {peer}"
+    assert raw(node, "GET", key) == line  # cached
+    before = counters(node)
+    assert raw(node, "umcluster.redirect", line) == line
+    assert raw(node, "umcluster.redirect", "MOVED 1 x:1") == "MOVED 1 x:1"
+    after = counters(node)
+    assert after["moved"] == before["moved"]
+    assert after["errorstat"] - before["errorstat"] == 2
