@@ -11,7 +11,7 @@ use redis_module::raw;
 
 use super::client::{self, Calibration};
 use super::{call, guard, log_notice, log_warning, reply, rm, string_bytes};
-use super::{filter, moved};
+use super::{filter, redirect_cache};
 use crate::addr::Addr;
 use crate::commands::connection::{self, CallSite};
 use crate::commands::{cluster, umctl, Server};
@@ -546,14 +546,14 @@ extern "C" fn redirect_command(
                 // The commonest redirect skips re-checking client identity (every other command
                 // of the module does it, and so does this one until identity is found).
                 let cached = match argc >= 2 {
-                    true => moved::cached_slot(*argv.add(1), text),
+                    true => redirect_cache::cached(*argv.add(1), text),
                     false => None,
                 };
                 if cached.is_none() || !client::identity_available() {
                     calibrate(ctx);
                 }
-                if let Some(slot) = cached {
-                    if reply_cached_moved(ctx, slot) {
+                if let Some(cached) = cached {
+                    if reply_cached(ctx, cached) {
                         return true;
                     }
                 }
@@ -597,18 +597,21 @@ extern "C" fn redirect_command(
     }
 }
 
-/// Counts a `MOVED` line the filter took from the cache (see [`moved`]) and replies the cached
-/// reply; false if there is none (the caller then formats the line). A script's call gets the
-/// native script error instead: the filter's quick `MOVED` does not tell scripts apart.
-unsafe fn reply_cached_moved(ctx: *mut raw::RedisModuleCtx, slot: u16) -> bool {
+/// Counts a redirect line the filter took from the cache (see [`redirect_cache`]) and replies
+/// the cached reply; false if there is none (the caller then formats the line). A script's call
+/// gets the native script error instead: the filter's quick `MOVED` does not tell scripts apart.
+unsafe fn reply_cached(ctx: *mut raw::RedisModuleCtx, cached: redirect_cache::Cached) -> bool {
     if client::ctx_client_is_script(ctx) {
         state::try_with_mut(|st| st.stats.script_denied += 1);
         let text = CString::new(filter::SCRIPT_NON_LOCAL).unwrap_or_default();
         rm!(RedisModule_ReplyWithError)(ctx, text.as_ptr());
         return true;
     }
-    state::try_with_mut(|st| st.stats.moved += 1);
-    match moved::reply(slot, filter::EXISTS_CTX.get()) {
+    state::try_with_mut(|st| match cached.ask {
+        true => st.stats.ask += 1,
+        false => st.stats.moved += 1,
+    });
+    match redirect_cache::reply(cached.slot, filter::EXISTS_CTX.get()) {
         Some(reply) => {
             rm!(RedisModule_ReplyWithCallReply)(ctx, reply) == raw::REDISMODULE_OK as c_int
         }

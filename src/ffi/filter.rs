@@ -6,8 +6,9 @@
 //! - a command this node executes is left untouched (the common case: one hash lookup of the
 //!   name, a CRC16 per key, one table read; no allocation);
 //! - a command that must be redirected becomes `umcluster.redirect "<error line>" ...`, a module
-//!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`); a `MOVED` line is made once
-//!   per slot and handed over by reference, its reply made once too ([`moved`]);
+//!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`); a `MOVED` or `ASK` line is
+//!   made once per slot and handed over by reference, its reply made once too
+//!   ([`redirect_cache`]);
 //! - inside MULTI it instead becomes an unknown command whose name is the redirect
 //!   (`'MOVED 3999 127.0.0.1:7002'`): the server rejects it at queue time and flags the
 //!   transaction, so `EXEC` answers `-EXECABORT` and runs nothing. A module command would merely
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use redis_module::raw;
 
 use super::client::{self, Caller};
-use super::moved;
+use super::redirect_cache;
 use super::{
     guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
     rm, sds8_bytes, string_bytes, DetachedContext,
@@ -259,10 +260,10 @@ impl<const CLMUL: bool> Filter<CLMUL> {
         }
     }
 
-    /// Turns the command into `umcluster.redirect <cached MOVED line>` (see [`moved`]): both
+    /// Turns the command into `umcluster.redirect <cached line>` (see [`redirect_cache`]): both
     /// strings are the module's, retained rather than copied.
-    unsafe fn answer_moved(&self, line: *mut raw::RedisModuleString) {
-        let name = moved::command_name();
+    unsafe fn answer_cached(&self, line: *mut raw::RedisModuleString) {
+        let name = redirect_cache::command_name();
         rm!(RedisModule_RetainString)(std::ptr::null_mut(), name);
         rm!(RedisModule_CommandFilterArgReplace)(self.fctx, 0, name);
         rm!(RedisModule_RetainString)(std::ptr::null_mut(), line);
@@ -437,7 +438,7 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
 /// For [`Quick::NotServed`]: a slot another master owns, stable, asked by a plain client (not
 /// in `MULTI`, not the master link; no `ASKING` pending, checked by [`one_key_fast`]) is
 /// answered `MOVED` with the line the full rules cached for the slot the first time
-/// ([`moved`]); anything else goes to the full rules. A script's call is told apart by
+/// ([`redirect_cache`]); anything else goes to the full rules. A script's call is told apart by
 /// `umcluster.redirect` itself. Out of line, so the owned-slot path keeps no stack frame.
 #[inline(never)]
 unsafe fn moved_or_full(fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) {
@@ -461,7 +462,7 @@ unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, s
     if st.table.my_master == Some(owner) || !client::current_is_plain_client() {
         return false;
     }
-    let Some(line) = moved::line(slot, st.table_version) else {
+    let Some(line) = redirect_cache::line(slot, st.table_version) else {
         return false;
     };
     let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
@@ -470,7 +471,7 @@ unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, s
         argc: argc.max(0) as usize,
         argv: std::ptr::null(),
     }
-    .answer_moved(line);
+    .answer_cached(line);
     true
 }
 
@@ -925,13 +926,15 @@ unsafe fn slow_path(
 
     if !decision.is_execute() {
         let text = error_text(st, decision);
-        // A MOVED is counted by `umcluster.redirect`, which knows the cached line.
+        // A redirect is counted by `umcluster.redirect`, which knows the cached line.
         let cached = match decision {
-            Decision::Moved { slot, .. } => moved::line_or_make(slot, st.table_version, &text),
+            Decision::Moved { slot, .. } | Decision::Ask { slot, .. } => {
+                redirect_cache::line_or_make(slot, st.table_version, &text)
+            }
             _ => None,
         };
         match cached {
-            Some(line) => f.answer_moved(line),
+            Some(line) => f.answer_cached(line),
             None => {
                 count(st, decision);
                 f.reply_error(&text);

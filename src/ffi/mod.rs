@@ -14,8 +14,8 @@ pub mod filter;
 pub mod import;
 pub mod info;
 pub mod module;
-pub mod moved;
 pub mod mover;
+pub mod redirect_cache;
 pub mod reply;
 
 use std::ffi::CString;

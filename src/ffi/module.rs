@@ -275,7 +275,7 @@ fn unload() -> Status {
     }
     state::clear();
     // SAFETY: unload runs on the main thread, outside any command.
-    unsafe { super::moved::clear() };
+    unsafe { super::redirect_cache::clear() };
     filter::EXISTS_CTX.free();
     super::mover::TIMER_CTX.free();
     Status::Ok

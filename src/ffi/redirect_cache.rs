@@ -1,20 +1,23 @@
-//! Cached `MOVED` replies: a redirect answered with no formatting and no allocation.
+//! Cached redirect replies (`MOVED`, `ASK`): a redirect answered with no formatting and no
+//! allocation.
 //!
 //! On 7.0 the only way for a module to reply an error, `RedisModule_ReplyWithError`, formats the
 //! line with printf: about 2,700 instructions, more than the whole `GET` it answers for. A reply
 //! obtained through `RedisModule_Call` keeps its protocol bytes and its list of errors, and
 //! `RedisModule_ReplyWithCallReply` copies the bytes to the client and hands it the errors, so
 //! the server counts the error exactly as it would have (`errorstat_MOVED`, the command's
-//! `failed_calls`). So for each slot answered `MOVED`, the module keeps:
+//! `failed_calls`). So for each slot answered with a redirect, the module keeps:
 //! - the error line as a server string, which the filter hands to `umcluster.redirect` by
 //!   reference (retained, not copied), and
 //! - the reply `umcluster.redirect` gives for that line, made once through `RedisModule_Call`.
 //!
-//! `umcluster.redirect` knows a cached line by its address (a client cannot pass that string)
-//! and replies the cached reply. Everything belongs to one routing table version: the first
-//! `MOVED` cached after the table changed drops the previous version's lines and replies. At
-//! most one line and one reply per slot (about 300 bytes each), so at most about 5 MB while a
-//! client keeps asking this node for every slot it does not own.
+//! One line per slot is enough: within one routing table version a slot's redirect is fixed by
+//! its route (`MOVED` to the owner of a remote or importing slot, `ASK` to the destination of a
+//! migrating one). `umcluster.redirect` knows a cached line by its address (a client cannot pass
+//! that string) and replies the cached reply. The first line cached after the table changed
+//! drops the previous version's lines and replies. At most one line and one reply per slot
+//! (about 300 bytes each), so at most about 5 MB while a client keeps asking this node for every
+//! slot it does not serve.
 //!
 //! Main thread only, like the state: the filter and the module's commands run there (or on a
 //! thread holding the server lock, while the main thread waits).
@@ -27,7 +30,8 @@ use super::filter::REDIRECT_COMMAND;
 use super::{new_string, rm};
 use crate::slot::SLOT_COUNT;
 
-/// One slot's cached `MOVED`: the line (`MOVED <slot> <host:port>`) and, once made, the reply.
+/// One slot's cached redirect: the line (`MOVED <slot> <host:port>` or `ASK ...`) and, once
+/// made, the reply.
 #[derive(Clone, Copy)]
 struct Entry {
     line: *mut raw::RedisModuleString,
@@ -73,9 +77,9 @@ pub unsafe fn line(slot: u16, version: u64) -> Option<*mut raw::RedisModuleStrin
     (!entry.line.is_null()).then_some(entry.line)
 }
 
-/// The cached line of `slot` for table `version`, made from `text` if there is none yet (and the
-/// previous version's entries dropped). `text` must be the `MOVED` line of that slot in that
-/// version. `None` only for a slot number out of range.
+/// The cached line of `slot` for table `version`, made from `text` if there is none yet, or if
+/// the one there says something else (and the previous version's entries dropped). `text` is
+/// the redirect line of that slot in that version. `None` only for a slot number out of range.
 ///
 /// # Safety
 /// Main thread; no other function of this file is running.
@@ -85,7 +89,13 @@ pub unsafe fn line_or_make(
     text: &[u8],
 ) -> Option<*mut raw::RedisModuleString> {
     if let Some(line) = line(slot, version) {
-        return Some(line);
+        // One redirect per slot and version (see the file comment); checked all the same, on
+        // this slow path only, so a mistake there costs a new line instead of a wrong reply.
+        let mut len = 0;
+        let bytes = rm!(RedisModule_StringPtrLen)(line, &mut len);
+        if std::slice::from_raw_parts(bytes.cast::<u8>(), len) == text {
+            return Some(line);
+        }
     }
     let cache = &mut *CACHE.0.get();
     if cache.version != version || cache.slots.is_empty() {
@@ -94,6 +104,7 @@ pub unsafe fn line_or_make(
         cache.slots = vec![EMPTY; SLOT_COUNT];
     }
     let entry = cache.slots.get_mut(slot as usize)?;
+    release(entry);
     entry.line = new_string(text);
     Some(entry.line)
 }
@@ -110,20 +121,38 @@ pub unsafe fn command_name() -> *mut raw::RedisModuleString {
     cache.command
 }
 
-/// The slot whose cached line `arg` is (`text` being its bytes), if it is one.
+/// A cached line as `umcluster.redirect` received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cached {
+    pub slot: u16,
+    /// `ASK` rather than `MOVED`.
+    pub ask: bool,
+}
+
+/// Which slot's cached line `arg` is (`text` being its bytes), if it is one.
 ///
 /// # Safety
 /// Main thread; no other function of this file is running.
-pub unsafe fn cached_slot(arg: *const raw::RedisModuleString, text: &[u8]) -> Option<u16> {
-    let slot = moved_slot(text)?;
+pub unsafe fn cached(arg: *const raw::RedisModuleString, text: &[u8]) -> Option<Cached> {
+    let found = parse_line(text)?;
     let cache = &*CACHE.0.get();
-    let entry = cache.slots.get(slot as usize)?;
-    (std::ptr::eq(entry.line, arg)).then_some(slot)
+    let entry = cache.slots.get(found.slot as usize)?;
+    (std::ptr::eq(entry.line, arg)).then_some(found)
 }
 
-/// The slot number of a line `MOVED <slot> ...` (up to 5 digits, no sign).
-fn moved_slot(text: &[u8]) -> Option<u16> {
-    let digits = text.strip_prefix(b"MOVED ")?;
+/// The kind and slot number of a line `MOVED <slot> ...` or `ASK <slot> ...` (up to 5 digits,
+/// no sign).
+fn parse_line(text: &[u8]) -> Option<Cached> {
+    let (digits, ask) = match text.strip_prefix(b"MOVED ") {
+        Some(rest) => (rest, false),
+        None => (text.strip_prefix(b"ASK ")?, true),
+    };
+    let slot = slot_number(digits)?;
+    Some(Cached { slot, ask })
+}
+
+/// The number before the first space of `digits` (1 to 5 decimal digits).
+fn slot_number(digits: &[u8]) -> Option<u16> {
     let mut slot = 0u32;
     for (i, &b) in digits.iter().enumerate().take(6) {
         match b {
@@ -135,7 +164,7 @@ fn moved_slot(text: &[u8]) -> Option<u16> {
     None
 }
 
-/// The reply for the cached line of `slot` (see [`cached_slot`]), made on first use by running
+/// The reply for the cached line of `slot` (see [`cached`]), made on first use by running
 /// `umcluster.redirect` with a copy of the line through `RedisModule_Call` on `call_ctx`, a
 /// context that outlives the reply (its reply keeps a pointer to it). `None` if that failed.
 ///
@@ -158,7 +187,7 @@ pub unsafe fn reply(
     let mut len = 0;
     let bytes = rm!(RedisModule_StringPtrLen)(entry.line, &mut len);
     // A copy, not the line itself: the nested call must take the formatting path, not this one.
-    // No reference into the cache is held across the call (it re-enters `cached_slot`).
+    // No reference into the cache is held across the call (it re-enters `cached`).
     let name = std::ffi::CString::new(REDIRECT_COMMAND).ok()?;
     let made = rm!(RedisModule_Call)(call_ctx, name.as_ptr(), c"b".as_ptr(), bytes, len);
     if made.is_null() {
@@ -196,39 +225,49 @@ pub unsafe fn clear() {
     }
 }
 
-/// Releases the entries' lines (a command still holding one keeps it alive) and replies.
+/// Releases every entry.
 unsafe fn drop_entries(cache: &mut Cache) {
     for entry in cache.slots.iter_mut() {
-        if !entry.line.is_null() {
-            rm!(RedisModule_FreeString)(std::ptr::null_mut(), entry.line);
-        }
-        if !entry.reply.is_null() {
-            rm!(RedisModule_FreeCallReply)(entry.reply);
-        }
-        *entry = EMPTY;
+        release(entry);
     }
+}
+
+/// Releases an entry's line (a command still holding it keeps it alive) and reply.
+unsafe fn release(entry: &mut Entry) {
+    if !entry.line.is_null() {
+        rm!(RedisModule_FreeString)(std::ptr::null_mut(), entry.line);
+    }
+    if !entry.reply.is_null() {
+        rm!(RedisModule_FreeCallReply)(entry.reply);
+    }
+    *entry = EMPTY;
 }
 
 #[cfg(test)]
 mod tests {
-    use super::moved_slot;
+    use super::{parse_line, Cached};
 
     #[test]
-    fn moved_slot_reads_the_slot_number_only_from_a_moved_line() {
-        assert_eq!(moved_slot(b"MOVED 3999 127.0.0.1:7002"), Some(3999));
-        assert_eq!(moved_slot(b"MOVED 0 [::1]:7002"), Some(0));
-        assert_eq!(moved_slot(b"MOVED 16383 h:1"), Some(16383));
-        assert_eq!(moved_slot(b"MOVED 99999 h:1"), None);
+    fn parse_line_reads_the_kind_and_slot_of_a_redirect_line_only() {
+        let moved = |slot| Some(Cached { slot, ask: false });
+        let ask = |slot| Some(Cached { slot, ask: true });
+        assert_eq!(parse_line(b"MOVED 3999 127.0.0.1:7002"), moved(3999));
+        assert_eq!(parse_line(b"MOVED 0 [::1]:7002"), moved(0));
+        assert_eq!(parse_line(b"MOVED 16383 h:1"), moved(16383));
+        assert_eq!(parse_line(b"ASK 12182 h:1"), ask(12182));
+        assert_eq!(parse_line(b"MOVED 99999 h:1"), None);
         for bad in [
             &b"MOVED  1 h:1"[..],
             b"MOVED 1",
             b"MOVED 123456 h:1",
             b"MOVED -1 h:1",
-            b"ASK 1 h:1",
+            b"ASK",
+            b"ASKING 1 h:1",
             b"moved 1 h:1",
+            b"TRYAGAIN Multiple keys request during rehashing of slot",
             b"",
         ] {
-            assert_eq!(moved_slot(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

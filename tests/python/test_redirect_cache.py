@@ -1,7 +1,8 @@
-"""Cached MOVED replies (src/ffi/moved.rs) on a real server.
+"""Cached redirect replies (src/ffi/redirect_cache.rs) on a real server.
 
-The first MOVED of a slot is formatted and cached; later ones for the same slot take the
-filter's quick path and replay the cached reply. These tests check that the cached answer is
+The first MOVED (or ASK) of a slot is formatted and cached; later MOVEDs for the same slot take
+the filter's quick path and replay the cached reply, later ASKs take the full rules and replay
+it. These tests check that the cached answer is
 the answer: the same text for every slot of a peer (first and later asks alike), the same error
 statistics the server keeps for a formatted error (`errorstat_MOVED`, the redirect command's
 `failed_calls`, which also counts the one nested call that made each slot's reply), the module's own counter, RESP3 clients, scripts (a script's `redis.call`
@@ -39,6 +40,7 @@ def half_node(servers, epoch=1):
 
 def counters(node):
     errors = info_fields(node, "errorstats")
+    asks = int(errors.get("errorstat_ASK", "count=0").split("=")[1])
     stats = info_fields(node, "commandstats").get("cmdstat_umcluster.redirect", "")
     failed = dict(kv.split("=") for kv in stats.split(",")) if stats else {}
     mine = info_fields(node, "umcluster")
@@ -46,6 +48,8 @@ def counters(node):
         "errorstat": int(errors.get("errorstat_MOVED", "count=0").split("=")[1]),
         "failed_calls": int(failed.get("failed_calls", 0)),
         "moved": int(mine["umcluster_redirect_moved"]),
+        "ask_errorstat": asks,
+        "ask": int(mine["umcluster_redirect_ask"]),
         "script_denied": int(mine["umcluster_script_denied"]),
     }
 
@@ -169,3 +173,43 @@ def test_the_redirect_command_called_by_hand_only_replies_its_line(servers):
     after = counters(node)
     assert after["moved"] == before["moved"]
     assert after["errorstat"] - before["errorstat"] == 2
+
+
+def test_ask_is_cached_per_slot_and_a_slot_changing_kind_is_never_answered_from_the_cache(servers):
+    """A migrating range answers ASK for keys it no longer holds (the destination here never
+    answers, so nothing moves) and serves the keys it still holds; the same slots answered MOVED
+    under the previous table must not replay that MOVED."""
+    node = servers.start()
+    dst = peer_addr(node)
+    low = [k for k in (f"k:{i}" for i in range(3000)) if key_slot(k) <= 8191]
+    present, absent = low[:20], low[20:120]
+    # Version 1: this node owns everything; the present keys are written.
+    assert push(node, "v2", 1, "NOFLAG", "db", node.addr, 1, "0-16383") == "OK"
+    for key in present:
+        assert raw(node, "SET", key, "here") == "OK"
+    # Version 2: the range is the destination's: MOVED, cached per slot.
+    assert push(node, "v2", 2, "NOFLAG", "db", node.addr, 1, "8192-16383",
+                "PEER", dst, 1, "0-8191") == "OK"
+    with RawConnection(node.port) as c:
+        for _ in range(2):
+            for key in present + absent:
+                assert c.call("GET", key) == f"MOVED {key_slot(key)} {dst}"
+    # Version 3: this node owns the range again and is moving it to the destination.
+    meta = [1, node.addr, node.addr, dst, dst]
+    assert push(node, "v2", 3, "NOFLAG", "db", node.addr, 1, "8192-16383",
+                node.addr, "migrating", 1, "0-8191", *meta,
+                "PEER", dst, "importing", 1, "0-8191", *meta) == "OK"
+    before = counters(node)
+    with RawConnection(node.port) as c:
+        for _ in range(2):
+            for key in present:
+                assert c.call("GET", key) == "here"
+            for key in absent:
+                assert c.call("GET", key) == f"ASK {key_slot(key)} {dst}"
+                assert c.call("SET", key, "v") == f"ASK {key_slot(key)} {dst}"
+    after = counters(node)
+    sent = 4 * len(absent)
+    assert after["ask"] - before["ask"] == sent
+    assert after["ask_errorstat"] - before["ask_errorstat"] == sent
+    assert after["moved"] == before["moved"]
+    assert raw(node, "DBSIZE") == len(present)
