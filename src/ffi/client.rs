@@ -318,3 +318,139 @@ unsafe fn verify(ctx: *mut raw::RedisModuleCtx) -> Calibration {
         Calibration::Failed("server.current_client no longer names the calling client")
     }
 }
+
+// --- The calling client's database -------------------------------------------------------------
+//
+// Routing asks whether a key exists only in migrating and importing slots, and then in the
+// caller's database. The API tells a client's database only with its whole info
+// (`RedisModule_GetClientInfoById` formats the peer address: a `getpeername` system call and
+// about 2,000 instructions, on every command of a moving slot). A client struct keeps
+// `redisDb *db`, a pointer into the array `server.db`, and `SELECT` changes only that pointer.
+// So once, inside one of the module's commands called by a client, the module selects another
+// database on that client and back (`RedisModule_SelectDb`) and watches which word of the
+// client struct changes with it: its offset, and from the two pointers the array's base and
+// element size. Every later command of the module a client runs re-checks the result against
+// `RedisModule_GetSelectedDb`; a mismatch switches it off (the API again).
+
+/// Offset of `db` in the client struct, or `UNKNOWN`.
+static DB_FIELD: AtomicUsize = AtomicUsize::new(UNKNOWN);
+/// Address of `server.db[0]` and the size of one `redisDb`.
+static DB_BASE: AtomicUsize = AtomicUsize::new(0);
+static DB_STRIDE: AtomicUsize = AtomicUsize::new(0);
+/// Whether the database calibration was attempted (it runs once).
+static DB_TRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Words of the client struct searched for `db`: after `id` and `flags`, well inside the
+/// struct in every version (7.0 to 8.x keep it at the fifth word).
+const DB_SEARCH: std::ops::Range<usize> = 2..16;
+
+/// Outcome of [`calibrate_db`] worth a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbCalibration {
+    /// Nothing to report (done before, or not possible from this call).
+    Quiet,
+    Found {
+        offset: usize,
+        stride: usize,
+    },
+    Failed(&'static str),
+}
+
+/// Finds (once) or re-checks where a client struct keeps its database; see above.
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command, on the main thread.
+pub unsafe fn calibrate_db(ctx: *mut raw::RedisModuleCtx) -> DbCalibration {
+    let Some(client) = client_from_ctx(ctx) else {
+        return DbCalibration::Quiet;
+    };
+    let (Some(get_db), Some(select_db)) =
+        (raw::RedisModule_GetSelectedDb, raw::RedisModule_SelectDb)
+    else {
+        return DbCalibration::Quiet;
+    };
+    if DB_TRIED.load(Ordering::Relaxed) {
+        if DB_FIELD.load(Ordering::Relaxed) == UNKNOWN
+            || db_of_client(client as *const u64) == Some(get_db(ctx))
+        {
+            return DbCalibration::Quiet;
+        }
+        DB_FIELD.store(UNKNOWN, Ordering::Relaxed);
+        return DbCalibration::Failed("a client's database pointer no longer gives its database");
+    }
+    DB_TRIED.store(true, Ordering::Relaxed);
+    let words = || DB_SEARCH.map(|i| std::ptr::read((client as *const usize).add(i)));
+    let original = get_db(ctx);
+    let other = if original == 0 { 1 } else { 0 };
+    let before: Vec<usize> = words().collect();
+    if select_db(ctx, other) != raw::REDISMODULE_OK as i32 {
+        return DbCalibration::Failed("the server has one database only");
+    }
+    let during: Vec<usize> = words().collect();
+    let restored = select_db(ctx, original) == raw::REDISMODULE_OK as i32;
+    let after: Vec<usize> = words().collect();
+    if !restored || get_db(ctx) != original {
+        return DbCalibration::Failed("could not select the client's database back");
+    }
+    let changed: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] == after[i] && during[i] != before[i])
+        .collect();
+    let [i] = changed[..] else {
+        return DbCalibration::Failed("no single word of the client follows its database");
+    };
+    // p(db) = base + db * stride, seen at two databases.
+    let (p0, p1) = (before[i] as i128, during[i] as i128);
+    let steps = i128::from(other) - i128::from(original);
+    let stride = (p1 - p0) / steps;
+    let base = p0 - i128::from(original) * stride;
+    if (p1 - p0) % steps != 0 || !(8..=1 << 16).contains(&stride) || base <= 0 {
+        return DbCalibration::Failed("the database pointers are not an array");
+    }
+    let offset = (DB_SEARCH.start + i) * std::mem::size_of::<usize>();
+    DB_BASE.store(base as usize, Ordering::Relaxed);
+    DB_STRIDE.store(stride as usize, Ordering::Relaxed);
+    DB_FIELD.store(offset, Ordering::Relaxed);
+    DbCalibration::Found {
+        offset,
+        stride: stride as usize,
+    }
+}
+
+/// The database of the client executing the command (`server.current_client`), once both
+/// calibrations succeeded; `None` otherwise (no client, or not known: ask the API).
+#[inline]
+pub fn current_db() -> Option<i32> {
+    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
+    if at.is_null() {
+        return None;
+    }
+    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
+    unsafe {
+        let client = std::ptr::read(at);
+        if client.is_null() {
+            return None;
+        }
+        db_of_client(client)
+    }
+}
+
+/// The database a live client has selected, from its `db` pointer.
+///
+/// # Safety
+/// `client` must point to a live client struct.
+unsafe fn db_of_client(client: *const u64) -> Option<i32> {
+    let offset = DB_FIELD.load(Ordering::Relaxed);
+    if offset == UNKNOWN {
+        return None;
+    }
+    let (base, stride) = (
+        DB_BASE.load(Ordering::Relaxed),
+        DB_STRIDE.load(Ordering::Relaxed),
+    );
+    let db = std::ptr::read((client as *const u8).add(offset) as *const usize);
+    let from_base = db.checked_sub(base)?;
+    if stride == 0 || from_base % stride != 0 {
+        return None;
+    }
+    i32::try_from(from_base / stride).ok()
+}

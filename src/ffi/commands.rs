@@ -373,6 +373,17 @@ unsafe fn calibrate_unguarded(ctx: *mut raw::RedisModuleCtx) {
         }
         Calibration::AlreadyDone | Calibration::NotNow => {}
     }
+    match client::calibrate_db(ctx) {
+        client::DbCalibration::Found { offset, stride } => log_notice(&format!(
+            "umcluster: client databases readable (client db at offset {offset}, {stride}-byte \
+             databases)"
+        )),
+        client::DbCalibration::Failed(why) => log_warning(&format!(
+            "umcluster: client databases unreadable ({why}); moving slots ask the server for \
+             each command's database"
+        )),
+        client::DbCalibration::Quiet => {}
+    }
 }
 
 fn call_site(ctx: *mut raw::RedisModuleCtx) -> CallSite {

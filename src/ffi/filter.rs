@@ -1029,9 +1029,13 @@ unsafe fn handle_role(st: &mut State, f: &Filter, role: Role) {
     }
 }
 
-/// The database the calling client has selected (0 when unknown).
+/// The database the calling client has selected (0 when unknown): read from the client when
+/// its layout is known ([`client::current_db`]), else through the client's info.
 unsafe fn caller_db(caller: Caller) -> i32 {
     let Some(id) = caller.id() else { return 0 };
+    if let Some(db) = client::current_db() {
+        return db;
+    }
     let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
     info.version = 1;
     if rm!(RedisModule_GetClientInfoById)((&mut info as *mut raw::RedisModuleClientInfo).cast(), id)

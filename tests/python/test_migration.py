@@ -6,6 +6,7 @@ destination that is down, and keeps its replica identical."""
 import threading
 import time
 
+import pytest
 import redis
 
 from conftest import Err, RawConnection, key_slot, wait_until
@@ -265,6 +266,50 @@ def test_redirects_key_by_key_while_the_destination_is_down(servers):
     assert [d.get(k) for k in present] == ["v"] * len(present), (migrations(src), src.log_tail(8))
     assert d.get(f"{{{tag}}}x") == "1"
     assert src.client().dbsize() == 0
+
+
+@pytest.mark.parametrize("databases", [16, 1])
+def test_moving_slots_look_keys_up_in_the_callers_database(servers, databases):
+    """Whether a key of a moving slot is still here depends on the caller's database: the module
+    reads it from the client struct (calibrated by selecting another database once) or, on a
+    server with one database, asks the API. Each connection must be answered for its own."""
+    extra = ("--databases", str(databases))
+    src = servers.start(extra_args=extra)
+    dst = servers.start(extra_args=extra)
+    push_stable(1, src, dst)
+    db = databases - 1  # the last database: 15, or 0 when there is only one
+    here, gone = keys_in(LOW, HIGH, "db", 2)
+    with RawConnection(src.port) as c:
+        assert c.call("SELECT", db) == "OK"
+        assert c.call("SET", here, "in-db") == "OK"
+    dst_port = dst.port
+    dst.stop()  # nothing can move: the keys stay, the slots stay open
+    push_migrating(2, src, dst, source_only=True)
+    ask = lambda k: Err(f"ASK {key_slot(k)} 127.0.0.1:{dst_port}")  # noqa: E731
+    # Several connections, each in its database, interleaved.
+    with RawConnection(src.port) as in_db, RawConnection(src.port) as in_zero:
+        assert in_db.call("SELECT", db) == "OK"
+        for _ in range(3):
+            assert in_db.call("GET", here) == "in-db"
+            assert in_db.call("GET", gone) == ask(gone)
+            assert in_db.call("SET", here, "in-db") == "OK"
+            if databases > 1:
+                assert in_zero.call("GET", here) == ask(here), "db 0 does not hold it"
+                assert in_zero.call("SET", here, "x") == ask(here)
+        # The same connection switching databases.
+        if databases > 1:
+            assert in_db.call("SELECT", 0) == "OK"
+            assert in_db.call("GET", here) == ask(here)
+            assert in_db.call("SELECT", db) == "OK"
+            assert in_db.call("GET", here) == "in-db"
+            # Inside a transaction: the SELECT runs at EXEC, and so do the commands after it.
+            assert in_db.call("MULTI") == "OK"
+            assert in_db.call("SELECT", 0) == "QUEUED"
+            assert in_db.call("EXEC") == ["OK"]
+            assert in_db.call("GET", here) == ask(here)
+    log = open(src.log_path).read()
+    expected = "client databases readable" if databases > 1 else "client databases unreadable"
+    assert expected in log, src.log_tail(20)
 
 
 def test_no_acknowledged_write_is_lost_under_load(servers):
