@@ -326,11 +326,13 @@ unsafe fn verify(ctx: *mut raw::RedisModuleCtx) -> Calibration {
 // (`RedisModule_GetClientInfoById` formats the peer address: a `getpeername` system call and
 // about 2,000 instructions, on every command of a moving slot). A client struct keeps
 // `redisDb *db`, a pointer into the array `server.db`, and `SELECT` changes only that pointer.
-// So once, inside one of the module's commands called by a client, the module selects another
-// database on that client and back (`RedisModule_SelectDb`) and watches which word of the
-// client struct changes with it: its offset, and from the two pointers the array's base and
-// element size. Every later command of the module a client runs re-checks the result against
-// `RedisModule_GetSelectedDb`; a mismatch switches it off (the API again).
+// Every version from 7.0 to 7.4 starts the client struct `{ id, flags, conn, resp, db }`, `db` at
+// byte 32. That is checked, not assumed: once, inside one of the module's commands called by a
+// client, the module selects another database on that client and back (`RedisModule_SelectDb`)
+// and the word must follow (the other words are not compared: some hold padding). The two
+// pointers give the array's base and element size. Every later command of the module a client
+// runs re-checks the result against `RedisModule_GetSelectedDb`; a mismatch switches it off
+// (the API again).
 
 /// Offset of `db` in the client struct, or `UNKNOWN`.
 static DB_FIELD: AtomicUsize = AtomicUsize::new(UNKNOWN);
@@ -340,9 +342,8 @@ static DB_STRIDE: AtomicUsize = AtomicUsize::new(0);
 /// Whether the database calibration was attempted (it runs once).
 static DB_TRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Words of the client struct searched for `db`: after `id` and `flags`, well inside the
-/// struct in every version (7.0 to 8.x keep it at the fifth word).
-const DB_SEARCH: std::ops::Range<usize> = 2..16;
+/// Where `db` sits in the client struct (see above).
+const DB_FIELD_AT: usize = 32;
 
 /// Outcome of [`calibrate_db`] worth a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,34 +380,31 @@ pub unsafe fn calibrate_db(ctx: *mut raw::RedisModuleCtx) -> DbCalibration {
         return DbCalibration::Failed("a client's database pointer no longer gives its database");
     }
     DB_TRIED.store(true, Ordering::Relaxed);
-    let words = || DB_SEARCH.map(|i| std::ptr::read((client as *const usize).add(i)));
+    let word = || std::ptr::read((client as *const u8).add(DB_FIELD_AT) as *const usize);
     let original = get_db(ctx);
     let other = if original == 0 { 1 } else { 0 };
-    let before: Vec<usize> = words().collect();
+    let before = word();
     if select_db(ctx, other) != raw::REDISMODULE_OK as i32 {
         return DbCalibration::Failed("the server has one database only");
     }
-    let during: Vec<usize> = words().collect();
+    let during = word();
     let restored = select_db(ctx, original) == raw::REDISMODULE_OK as i32;
-    let after: Vec<usize> = words().collect();
+    let after = word();
     if !restored || get_db(ctx) != original {
         return DbCalibration::Failed("could not select the client's database back");
     }
-    let changed: Vec<usize> = (0..before.len())
-        .filter(|&i| before[i] == after[i] && during[i] != before[i])
-        .collect();
-    let [i] = changed[..] else {
-        return DbCalibration::Failed("no single word of the client follows its database");
-    };
+    if before != after || during == before {
+        return DbCalibration::Failed("the client struct's db field does not follow SELECT");
+    }
     // p(db) = base + db * stride, seen at two databases.
-    let (p0, p1) = (before[i] as i128, during[i] as i128);
+    let (p0, p1) = (before as i128, during as i128);
     let steps = i128::from(other) - i128::from(original);
     let stride = (p1 - p0) / steps;
     let base = p0 - i128::from(original) * stride;
     if (p1 - p0) % steps != 0 || !(8..=1 << 16).contains(&stride) || base <= 0 {
         return DbCalibration::Failed("the database pointers are not an array");
     }
-    let offset = (DB_SEARCH.start + i) * std::mem::size_of::<usize>();
+    let offset = DB_FIELD_AT;
     DB_BASE.store(base as usize, Ordering::Relaxed);
     DB_STRIDE.store(stride as usize, Ordering::Relaxed);
     DB_FIELD.store(offset, Ordering::Relaxed);
