@@ -880,9 +880,39 @@ fn int_field(v: &Value, name: &str) -> Option<i32> {
     i32::try_from(n).ok()
 }
 
+/// The prefix of the dotted spelling of `UMCTL` subcommands (`UMCTL.SETCLUSTER`), any case.
+pub const UMCTL_DOTTED: &[u8] = b"umctl.";
+
+/// The subcommand of a dotted `UMCTL` name (`UMCTL.SETCLUSTER` -> `SETCLUSTER`), if it is one.
+pub fn umctl_dotted_sub(name: &[u8]) -> Option<&[u8]> {
+    let prefix = name.get(..UMCTL_DOTTED.len())?;
+    let sub = &name[UMCTL_DOTTED.len()..];
+    (prefix.eq_ignore_ascii_case(UMCTL_DOTTED) && !sub.is_empty()).then_some(sub)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn umctl_dotted_names_give_their_subcommand() {
+        assert_eq!(
+            umctl_dotted_sub(b"UMCTL.SETCLUSTER"),
+            Some(&b"SETCLUSTER"[..])
+        );
+        assert_eq!(umctl_dotted_sub(b"umctl.getepoch"), Some(&b"getepoch"[..]));
+        assert_eq!(umctl_dotted_sub(b"UmCtL.x.y"), Some(&b"x.y"[..]));
+        for other in [
+            &b"umctl."[..],
+            b"umctl",
+            b"umct.x",
+            b"umctlx.y",
+            b"",
+            b"get",
+        ] {
+            assert_eq!(umctl_dotted_sub(other), None);
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::Bulk(s.as_bytes().to_vec())

@@ -101,7 +101,11 @@ pub fn fast_path_args<'a>(
         return Fast::Slow;
     };
     let Some(entry) = commands.get(name) else {
-        return Fast::NoKeys;
+        // Unknown: the server answers it, but for the dotted UMCTL spelling the filter rewrites.
+        return match crate::command_table::umctl_dotted_sub(name) {
+            Some(_) => Fast::Slow,
+            None => Fast::NoKeys,
+        };
     };
     if entry.fast == FastPlan::Slow {
         return Fast::Slow;

@@ -22,8 +22,8 @@ use crate::state::{Replication, State};
 use crate::topology::setrepl::ReplRole;
 use crate::topology::{persist, setcluster, setrepl, GroupKind, Topology};
 
-/// The subcommands, as registered (`umctl.<name>`).
-pub const SUBCOMMANDS: [&str; 8] = [
+/// The subcommands, as registered (`umctl|<name>`; see `ffi::commands::register_umctl`).
+pub const SUBCOMMANDS: [&str; 9] = [
     "setcluster",
     "setrepl",
     "getepoch",
@@ -32,6 +32,7 @@ pub const SUBCOMMANDS: [&str; 8] = [
     "inforepl",
     "listcluster",
     "migrations",
+    "help",
 ];
 
 /// Reply to a push whose epoch is not newer than the one in force (undermoon's text: its

@@ -40,7 +40,7 @@ use super::{
     guard, inline_string_bytes, inline_strings, int_encoded_value, new_string, plain_string_bytes,
     rm, sds8_bytes, string_bytes, DetachedContext,
 };
-use crate::command_table::{parse_strict_i64, CmdFlags, FastPlan, Keys, Role};
+use crate::command_table::{self, parse_strict_i64, CmdFlags, FastPlan, Keys, Role};
 use crate::router::{self, ClientView, Decision, Fast, SlotRoute};
 use crate::slot::key_slot;
 use crate::state::{self, State};
@@ -454,6 +454,7 @@ unsafe fn moved_or_full(fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) 
     }
 }
 
+/// Whether the command was turned into its slot's cached `MOVED` (see [`moved_or_full`]).
 unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) -> bool {
     let SlotRoute::Remote { owner } = st.table.get(slot) else {
         return false;
@@ -680,7 +681,13 @@ unsafe fn route_command(st: &mut State, f: &Filter) {
     // its keys while the table is borrowed.
     let (role, flags, keys) = {
         let Some(mut entry) = st.commands.get(name.bytes()) else {
-            // Unknown to the server too: it will answer "unknown command" itself.
+            // The dotted spelling of a UMCTL subcommand (see `commands::register_umctl`). The
+            // subcommand is copied before the name it is part of is replaced (and freed).
+            if let Some(sub) = command_table::umctl_dotted_sub(name.bytes()) {
+                f.insert(1, sub);
+                f.replace(0, b"umctl");
+            }
+            // Else unknown to the server too: it will answer "unknown command" itself.
             consume_asking_only(st, Role::Plain);
             return;
         };

@@ -68,6 +68,8 @@ required_api!(
     RedisModule_Free,
     RedisModule_Realloc,
     RedisModule_CreateCommand,
+    RedisModule_GetCommand,
+    RedisModule_CreateSubcommand,
     RedisModule_RegisterCommandFilter,
     RedisModule_CommandFilterArgsCount,
     RedisModule_CommandFilterArgGet,
