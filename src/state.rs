@@ -136,10 +136,12 @@ impl State {
     }
 }
 
-struct MainThread<T>(T);
+/// A static touched only on the server's main thread (or by a thread holding the server lock
+/// while the main thread waits).
+pub(crate) struct MainThread<T>(pub(crate) T);
 
 // SAFETY: the server calls every module entry point (filter, commands, events, INFO) on its
-// main thread; nothing else touches STATE.
+// main thread; nothing else touches a `MainThread` static (STATE, the redirect cache).
 unsafe impl<T> Sync for MainThread<T> {}
 
 static STATE: MainThread<RefCell<Option<State>>> = MainThread(RefCell::new(None));

@@ -29,6 +29,7 @@ use redis_module::raw;
 use super::filter::REDIRECT_COMMAND;
 use super::{new_string, rm};
 use crate::slot::SLOT_COUNT;
+use crate::state::MainThread;
 
 /// One slot's cached redirect: the line (`MOVED <slot> <host:port>` or `ASK ...`) and, once
 /// made, the reply.
@@ -52,12 +53,7 @@ struct Cache {
     command: *mut raw::RedisModuleString,
 }
 
-struct MainThread(UnsafeCell<Cache>);
-
-// SAFETY: touched only on the main thread (see the file comment).
-unsafe impl Sync for MainThread {}
-
-static CACHE: MainThread = MainThread(UnsafeCell::new(Cache {
+static CACHE: MainThread<UnsafeCell<Cache>> = MainThread(UnsafeCell::new(Cache {
     version: 0,
     slots: Vec::new(),
     command: std::ptr::null_mut(),
