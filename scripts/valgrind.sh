@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the hardening tests (fault injection, bad-input matrix, churn), the filter-paths test
 # (the fast path reads argument strings straight from server memory), the redirect-cache test
-# (strings and replies the module keeps and hands to the server) and the per-database routing
-# test (the caller's database read from the client struct) with every redis-server
+# (strings and replies the module keeps and hands to the server) and two tests of moving slots
+# (the caller's database read from the client struct, the quick paths) with every redis-server
 # under `valgrind --leak-check=full`, then reports the leak records whose stack goes through
 # libumcluster. Exit status 1 when there is one.
 #
@@ -21,7 +21,9 @@ export FILTER_PATHS_ROUNDS="${FILTER_PATHS_ROUNDS:-600}"
 
 "${VENV:-.venv}/bin/python" -m pytest -q tests/python/test_hardening.py tests/python/test_churn.py \
     tests/python/test_filter_paths.py tests/python/test_redirect_cache.py \
-    tests/python/test_migration.py::test_moving_slots_look_keys_up_in_the_callers_database "$@"
+    tests/python/test_migration.py::test_moving_slots_look_keys_up_in_the_callers_database \
+    tests/python/test_migration.py::test_transactions_on_a_migrating_slot_keep_the_transaction_rules \
+    "$@"
 
 echo "valgrind logs: $LOGS"
 grep -h "definitely lost:\|indirectly lost:\|ERROR SUMMARY" "$LOGS"/vg.*.log | sort | uniq -c

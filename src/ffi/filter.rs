@@ -353,7 +353,7 @@ enum Quick {
     /// [`general_filter`] decides.
     Unsure,
     /// All keys in this slot, which this node does not serve as a stable owner: a quick
-    /// `MOVED`, or the full rules ([`moved_or_full`]).
+    /// `MOVED`, a quick run on a migrating slot, or the full rules ([`moved_or_full`]).
     NotServed(u16),
 }
 
@@ -435,23 +435,95 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
     .unwrap_or(Quick::Unsure)
 }
 
-/// For [`Quick::NotServed`]: a slot another master owns, stable, asked by a plain client (not
-/// in `MULTI`, not the master link; no `ASKING` pending, checked by [`one_key_fast`]) is
-/// answered `MOVED` with the line the full rules cached for the slot the first time
-/// ([`redirect_cache`]); anything else goes to the full rules. A script's call is told apart by
-/// `umcluster.redirect` itself. Out of line, so the owned-slot path keeps no stack frame.
+/// For [`Quick::NotServed`] (a plain client, no `ASKING` pending: checked by [`one_key_fast`]
+/// or below), the two commonest cases before the full rules:
+/// - a slot another master owns, stable: `MOVED` with the line the full rules cached for the
+///   slot the first time ([`redirect_cache`]); a script's call is told apart by
+///   `umcluster.redirect` itself;
+/// - a slot migrating away, a one-key command: it runs if its key is still here, else gets the
+///   cached `ASK` ([`quick_migrating`]).
+///
+/// Anything else goes to the full rules. Out of line, so the owned-slot path keeps no stack
+/// frame.
 #[inline(never)]
 unsafe fn moved_or_full(fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) {
     // SAFETY: as in `one_key_fast` (which saw the argument count there); the rewrite frees
-    // the replaced arguments and re-enters nothing.
-    let answered = guard(
+    // the replaced arguments and re-enters nothing. The key lookup of a migrating slot may
+    // expire the key, and another module's keyspace callback could then run a command through
+    // this filter: the state is held as a shared borrow there, so such a nested command's full
+    // rules fail (caught) instead of changing it underneath.
+    let settled = guard(
         "the command filter",
-        || unsafe { state::peek(|st| quick_moved(st, fctx, slot)) == Some(true) },
+        || unsafe {
+            match state::peek(|st| st.table.get(slot)) {
+                Some(SlotRoute::Remote { .. }) => {
+                    state::peek(|st| quick_moved(st, fctx, slot)) == Some(true)
+                }
+                Some(SlotRoute::Migrating { .. }) => {
+                    state::try_with(|st| quick_migrating(st, fctx, slot)) == Some(true)
+                }
+                _ => false,
+            }
+        },
         |_| false,
     );
-    if !answered {
+    if !settled {
         full_filter(fctx);
     }
+}
+
+/// Whether a command on a slot migrating away is settled here, as the full rules would decide
+/// it for a one-key command (not blocking, not sharded pub/sub) from a plain client whose
+/// database is known: its key still here, it runs, unless it writes a key on its way to the
+/// destination (that waits: `TRYAGAIN`, from the full rules); its key gone, `ASK` with the line
+/// the full rules cached, unless the key may still be on its way (`TRYAGAIN` again). Anything
+/// else is left to the full rules.
+unsafe fn quick_migrating(
+    st: &State,
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    slot: u16,
+) -> bool {
+    if !client::current_is_plain_client() {
+        return false;
+    }
+    let Some(db) = client::current_db() else {
+        return false;
+    };
+    // `one_key_fast` read both from the context (its layout was checked: `DIRECT_ARGC`).
+    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
+    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int).max(0) as usize;
+    let Some(entry) =
+        short_name_word(*argv).and_then(|(w, len)| st.commands.get_short_word(w, len))
+    else {
+        return false;
+    };
+    let Some(pos) = entry.one_key_at(argc) else {
+        return false;
+    };
+    if entry.flags.contains(CmdFlags::BLOCKING) || entry.flags.contains(CmdFlags::PUBSUB_SHARD) {
+        return false;
+    }
+    let key = Arg::new(*argv.add(pos));
+    let on_its_way = || st.migrations.iter().any(|t| t.pipe.is_fenced(key.bytes()));
+    if key_exists(db, &key) {
+        let write =
+            entry.flags.contains(CmdFlags::WRITE) || entry.flags.contains(CmdFlags::MAY_REPLICATE);
+        return !(write && on_its_way());
+    }
+    if on_its_way() {
+        return false;
+    }
+    // A migrating slot's cached line is its ASK (one redirect per slot and table version).
+    let Some(line) = redirect_cache::line(slot, st.table_version) else {
+        return false;
+    };
+    Filter::<false> {
+        fctx,
+        argc,
+        argv: std::ptr::null(),
+    }
+    .answer_cached(line);
+    true
 }
 
 /// Whether the command was turned into its slot's cached `MOVED` (see [`moved_or_full`]).

@@ -312,6 +312,44 @@ def test_moving_slots_look_keys_up_in_the_callers_database(servers, databases):
     assert expected in log, src.log_tail(20)
 
 
+def test_transactions_on_a_migrating_slot_keep_the_transaction_rules(servers):
+    """In MULTI, commands on a migrating slot take the transaction rules (the quick paths for
+    moving slots are for plain clients only): a key gone here aborts the transaction even once
+    the slot's ASK is cached, and keys of two slots abort it, whether the keys are here or not."""
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    present = keys_in(LOW, HIGH, "mp", 2)
+    absent = keys_in(LOW, HIGH, "ma", 1)[0]
+    other = keys_in(HIGH + 1, 15999, "kept", 1)[0]  # a stable slot the source keeps
+    c = src.client()
+    for k in present:
+        c.set(k, "v")
+    c.set(other, "o")
+    dst_port = dst.port
+    dst.stop()  # nothing moves: the slots stay open
+    push_migrating(2, src, dst, source_only=True)
+    ask = Err(f"ASK {key_slot(absent)} 127.0.0.1:{dst_port}")
+    with RawConnection(src.port) as r:
+        assert r.call("GET", absent) == ask  # cached from here on
+        assert r.call("GET", absent) == ask
+        # A key gone here inside MULTI: the transaction fails as a whole.
+        assert r.call("MULTI") == "OK"
+        assert r.call("SET", present[0], "changed") == "QUEUED"
+        queued = r.call("GET", absent)
+        assert isinstance(queued, Err) and f"ASK {key_slot(absent)}" in queued, queued
+        assert r.call("EXEC").startswith("EXECABORT")
+        assert r.call("GET", present[0]) == "v", "nothing of the transaction ran"
+        # Two slots, every key here: CROSSSLOT for the second one, the transaction fails.
+        assert r.call("MULTI") == "OK"
+        assert r.call("GET", present[1]) == "QUEUED"
+        assert isinstance(r.call("SET", other, "x"), Err)
+        assert r.call("EXEC").startswith("EXECABORT")
+        assert r.call("GET", other) == "o"
+        # Outside MULTI the same commands are served as before.
+        assert r.call("GET", present[1]) == "v"
+        assert r.call("GET", absent) == ask
+
+
 def test_no_acknowledged_write_is_lost_under_load(servers):
     src, dst = servers.start_many(2)
     push_stable(1, src, dst)
@@ -763,6 +801,33 @@ def test_keys_removed_here_while_on_their_way_are_removed_on_the_destination_too
     d = dst.client()
     assert [d.exists(k) for k in keys] == [0] * len(keys), migrations(src)
     assert d.dbsize() == 0
+
+
+def test_a_slot_with_a_cached_ask_still_holds_back_reads_of_keys_on_their_way(servers):
+    """Once a slot has answered ASK (the reply is cached per slot), a key of that slot that is
+    gone here but whose copy is still on its way must wait (TRYAGAIN), not be sent to the
+    destination by the cached ASK; keys that were never here still get the ASK."""
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    tag = keys_in(LOW, HIGH, "slot", 1)[0]
+    keys = [f"{{{tag}}}:{i}" for i in range(10)]  # one slot
+    for k in keys:
+        c.set(k, "v")
+    never = f"{{{tag}}}:never-here"
+    open_with_paused_destination(src, dst, 2000)
+    wait_fenced(src, keys[0])
+    ask = Err(f"ASK {key_slot(never)} {dst.addr}")
+    with RawConnection(src.port) as r:
+        for _ in range(2):  # the first ASK is cached, the second replays it
+            assert r.call("GET", never) == ask
+        assert c.flushdb()  # gone here behind the fence
+        for _ in range(2):
+            assert r.call("GET", keys[0]) == TRYAGAIN
+            assert r.call("GET", never) == ask
+    wait_until(lambda: task_done(src), timeout=30, what="migration done")
+    push_committed(3, src, dst)
+    assert dst.client().dbsize() == 0
 
 
 def test_batches_a_failed_destination_may_have_received_stay_fenced_and_are_sent_again(servers):
