@@ -124,21 +124,29 @@ pub fn current() -> Caller {
     }
 }
 
+/// `server.current_client`: the client executing the command, a live client struct (its `id`
+/// and `flags` first), or null when there is none or identity is off.
+#[inline(always)]
+fn current_client() -> *const u64 {
+    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
+    if at.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
+    unsafe { std::ptr::read(at) }
+}
+
 /// Whether the command comes from a known client that routing treats plainly: not the master
 /// link, not the AOF, not in `MULTI` (false when identity is off or there is no client).
 #[inline(always)]
 pub fn current_is_plain_client() -> bool {
-    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
-    if at.is_null() {
-        return false;
-    }
-    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
-    unsafe {
-        let client = std::ptr::read(at);
-        !client.is_null()
-            && std::ptr::read(client) != AOF_CLIENT_ID
-            && std::ptr::read(client.add(1)) & (flags::MASTER | flags::MULTI) == 0
-    }
+    let client = current_client();
+    // SAFETY: a live client struct (see `current_client`).
+    !client.is_null()
+        && unsafe {
+            std::ptr::read(client) != AOF_CLIENT_ID
+                && std::ptr::read(client.add(1)) & (flags::MASTER | flags::MULTI) == 0
+        }
 }
 
 /// Whether the client a module command's context names is a script's (a `redis.call`).
@@ -160,15 +168,9 @@ pub unsafe fn ctx_client_is_script(ctx: *mut raw::RedisModuleCtx) -> bool {
 /// `current().in_multi()` (false when identity is off or there is no client), cheaper.
 #[inline(always)]
 pub fn current_in_multi() -> bool {
-    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
-    if at.is_null() {
-        return false;
-    }
-    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
-    unsafe {
-        let client = std::ptr::read(at);
-        !client.is_null() && std::ptr::read(client.add(1)) & flags::MULTI != 0
-    }
+    let client = current_client();
+    // SAFETY: a live client struct (see `current_client`).
+    !client.is_null() && unsafe { std::ptr::read(client.add(1)) } & flags::MULTI != 0
 }
 
 /// Locates the `server` symbol and its size. Returns false (and identity stays off) if the
@@ -418,18 +420,11 @@ pub unsafe fn calibrate_db(ctx: *mut raw::RedisModuleCtx) -> DbCalibration {
 /// calibrations succeeded; `None` otherwise (no client, or not known: ask the API).
 #[inline]
 pub fn current_db() -> Option<i32> {
-    let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
-    if at.is_null() {
-        return None;
-    }
-    // SAFETY: as in `current`: `at` is `&server.current_client`, a live client or NULL.
-    unsafe {
-        let client = std::ptr::read(at);
-        if client.is_null() {
-            return None;
-        }
-        db_of_client(client)
-    }
+    let client = current_client();
+    // SAFETY: a live client struct (see `current_client`).
+    (!client.is_null())
+        .then(|| unsafe { db_of_client(client) })
+        .flatten()
 }
 
 /// The database a live client has selected, from its `db` pointer.
