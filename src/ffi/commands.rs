@@ -81,7 +81,7 @@ unsafe fn set_acl_categories(ctx: *mut raw::RedisModuleCtx, name: &CString) {
 /// `ctx` must be the context passed to `RedisModule_OnLoad`.
 pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> {
     register_umctl(ctx)?;
-    let mut commands: Vec<(String, RawCommand, &str)> = vec![
+    let commands: Vec<(String, RawCommand, &str)> = vec![
         ("umcluster.cluster".into(), cluster_command, CLUSTER_FLAGS),
         ("umcluster.asking".into(), asking_command, CONNECTION_FLAGS),
         (
@@ -119,7 +119,11 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
     ];
     // Fault injection for the hardening tests; never compiled into a release build.
     #[cfg(debug_assertions)]
-    commands.push((DEBUG_PANIC_COMMAND.into(), debug_panic_command, UMCTL_FLAGS));
+    let commands = {
+        let mut commands = commands;
+        commands.push((DEBUG_PANIC_COMMAND.into(), debug_panic_command, UMCTL_FLAGS));
+        commands
+    };
     for (name, func, flags) in commands {
         let cname = CString::new(name.clone()).map_err(|_| name.clone())?;
         let cflags = CString::new(flags).map_err(|_| name.clone())?;
