@@ -81,10 +81,10 @@ valgrind: build-debug venv
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
+# Clippy on the release build too: code under cfg(debug_assertions) changes what it sees.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	# Release too: code under cfg(debug_assertions) changes what the release build sees.
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 fmt:
