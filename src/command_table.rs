@@ -350,6 +350,11 @@ impl Spec {
 /// Parses a decimal integer the way the server's `string2ll` does: no spaces, no `+`, no leading
 /// zeros (except "0").
 pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
+    // The usual `numkeys`, one digit, without the loop's overflow checks.
+    if let [digit] = bytes {
+        let value = digit.wrapping_sub(b'0');
+        return (value < 10).then_some(i64::from(value));
+    }
     if bytes.is_empty() || bytes.len() > 20 {
         return None;
     }
@@ -1369,8 +1374,18 @@ mod tests {
         assert_eq!(parse_strict_i64(b"12"), Some(12));
         assert_eq!(parse_strict_i64(b"-3"), Some(-3));
         assert_eq!(parse_strict_i64(b"0"), Some(0));
+        for d in 0..=9u8 {
+            assert_eq!(parse_strict_i64(&[b'0' + d]), Some(i64::from(d)));
+        }
         for bad in [
             &b""[..],
+            b"-",
+            b"+",
+            b"a",
+            b"/",
+            b":",
+            b" ",
+            b"\0",
             b"+1",
             b" 1",
             b"01",

@@ -177,8 +177,7 @@ pub fn several_keys_slot<'a>(
     }
 }
 
-/// The one slot of the keys at `first..=last` by `step`: nothing stored, one hashing site (so
-/// that it is inlined).
+/// The one slot of the keys at `first..=last` by `step`: nothing stored.
 #[inline(always)]
 fn one_slot<'a>(args: &impl Args<'a>, first: usize, last: usize, step: usize) -> Result<u16, Fast> {
     let mut slot = None;
@@ -187,7 +186,12 @@ fn one_slot<'a>(args: &impl Args<'a>, first: usize, last: usize, step: usize) ->
         let Some(key) = args.bytes(pos) else {
             return Err(Fast::Slow);
         };
-        let this = args.key_slot_among_several(key);
+        // One key: no point looking for a tag first (see `Args::key_slot_among_several`).
+        let this = if first == last {
+            args.key_slot(key)
+        } else {
+            args.key_slot_among_several(key)
+        };
         if slot.is_some_and(|s| s != this) {
             return Err(Fast::Slow);
         }
