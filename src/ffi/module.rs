@@ -276,7 +276,8 @@ fn unload() -> Status {
         return Status::Err;
     }
     state::clear();
-    // SAFETY: unload runs on the main thread (MODULE UNLOAD), in none of the module's own functions.
+    // SAFETY: unload runs on the main thread (MODULE UNLOAD), in none of the module's own
+    // functions.
     unsafe { super::redirect_cache::clear() };
     filter::EXISTS_CTX.free();
     super::mover::TIMER_CTX.free();
