@@ -383,8 +383,8 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
     if DIRECT_ARGC.load(Ordering::Relaxed) != 1 {
         return Quick::Unsure;
     }
-    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
-    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
+    let argv = context_argv(fctx);
+    let argc = context_argc(fctx);
     if argc < 1 {
         return Quick::Unsure;
     }
@@ -456,8 +456,8 @@ unsafe fn moved_or_full(fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) 
         "the command filter",
         || unsafe {
             match state::peek(|st| st.table.get(slot)) {
-                Some(SlotRoute::Remote { .. }) => {
-                    state::peek(|st| quick_moved(st, fctx, slot)) == Some(true)
+                Some(SlotRoute::Remote { owner }) => {
+                    state::peek(|st| quick_moved(st, fctx, slot, owner)) == Some(true)
                 }
                 Some(SlotRoute::Migrating { .. }) => {
                     state::try_with(|st| quick_migrating(st, fctx, slot)) == Some(true)
@@ -490,8 +490,8 @@ unsafe fn quick_migrating(
         return false;
     };
     // `one_key_fast` read both from the context (its layout was checked: `DIRECT_ARGC`).
-    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
-    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int).max(0) as usize;
+    let argv = context_argv(fctx);
+    let argc = context_argc(fctx).max(0) as usize;
     let Some(entry) =
         short_name_word(*argv).and_then(|(w, len)| st.commands.get_short_word(w, len))
     else {
@@ -526,11 +526,14 @@ unsafe fn quick_migrating(
     true
 }
 
-/// Whether the command was turned into its slot's cached `MOVED` (see [`moved_or_full`]).
-unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, slot: u16) -> bool {
-    let SlotRoute::Remote { owner } = st.table.get(slot) else {
-        return false;
-    };
+/// Whether the command was turned into its slot's cached `MOVED` (see [`moved_or_full`]):
+/// `slot` is `owner`'s, stable.
+unsafe fn quick_moved(
+    st: &State,
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    slot: u16,
+    owner: u16,
+) -> bool {
     // A replica serves its master's slots to READONLY connections: the full rules decide.
     if st.table.my_master == Some(owner) || !client::current_is_plain_client() {
         return false;
@@ -538,10 +541,9 @@ unsafe fn quick_moved(st: &State, fctx: *mut raw::RedisModuleCommandFilterCtx, s
     let Some(line) = redirect_cache::line(slot, st.table_version) else {
         return false;
     };
-    let argc = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
     Filter::<false> {
         fctx,
-        argc: argc.max(0) as usize,
+        argc: context_argc(fctx).max(0) as usize,
         argv: std::ptr::null(),
     }
     .answer_cached(line);
@@ -685,16 +687,31 @@ static DIRECT_ARGC: AtomicU8 = AtomicU8::new(0);
 /// was the second field: the check against the API catches a server that differs.
 const ARGC_OFFSET: usize = 12;
 
-/// The context's argument array, or null to use the API. Every server from 6.0 to 8.x starts
-/// `RedisModuleCommandFilterCtx` with `RedisModuleString **argv` (the fields after it changed);
-/// the first command with arguments checks that against the API before it is trusted.
+/// The context's own argument array, read directly: its first field in every server from 6.0
+/// to 8.x, trusted only once [`verify_direct_argv`] has compared it with the API.
+#[inline(always)]
+unsafe fn context_argv(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+) -> *const *mut raw::RedisModuleString {
+    std::ptr::read(fctx as *const *const *mut raw::RedisModuleString)
+}
+
+/// The context's argument count, read directly at [`ARGC_OFFSET`], trusted only once
+/// [`verify_direct_argv`] has compared it with the API ([`DIRECT_ARGC`]).
+#[inline(always)]
+unsafe fn context_argc(fctx: *mut raw::RedisModuleCommandFilterCtx) -> c_int {
+    std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int)
+}
+
+/// The context's argument array ([`context_argv`]), or null to use the API: the first command
+/// with arguments checks it against the API before it is trusted.
 #[inline(always)]
 unsafe fn direct_argv(
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     argc: usize,
 ) -> *const *mut raw::RedisModuleString {
     match ARGV_DIRECT.load(Ordering::Relaxed) {
-        1 => std::ptr::read(fctx as *const *const *mut raw::RedisModuleString),
+        1 => context_argv(fctx),
         2 => std::ptr::null(),
         _ => verify_direct_argv(fctx, argc),
     }
@@ -706,13 +723,13 @@ unsafe fn verify_direct_argv(
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     argc: usize,
 ) -> *const *mut raw::RedisModuleString {
-    let argv = std::ptr::read(fctx as *const *const *mut raw::RedisModuleString);
+    let argv = context_argv(fctx);
     // Direct reads go with inline string lengths: both or neither.
     let ok = inline_strings()
         && !argv.is_null()
         && (0..argc)
             .all(|i| *argv.add(i) == rm!(RedisModule_CommandFilterArgGet)(fctx, i as c_int));
-    let argc_at = std::ptr::read((fctx as *const u8).add(ARGC_OFFSET) as *const c_int);
+    let argc_at = context_argc(fctx);
     let argc_ok = ok && argc_at >= 0 && argc_at as usize == argc;
     DIRECT_ARGC.store(if argc_ok { 1 } else { 2 }, Ordering::Relaxed);
     ARGV_DIRECT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
