@@ -154,14 +154,13 @@ pub fn current_is_plain_client() -> bool {
 /// # Safety
 /// `ctx` must be the context the server passed to a module command.
 pub unsafe fn ctx_client_is_script(ctx: *mut raw::RedisModuleCtx) -> bool {
-    // The context's client, trusted once its id is the one the API gives (as in calibration).
-    let client = *(ctx as *const *const u64).add(2);
-    if !client.is_null()
-        && raw::RedisModule_GetClientId.is_some_and(|id| id(ctx) == std::ptr::read(client))
-    {
-        return std::ptr::read(client.add(1)) & flags::SCRIPT != 0;
+    match ctx_client(ctx) {
+        Some(client) => std::ptr::read(client.add(1)) & flags::SCRIPT != 0,
+        None => {
+            super::rm!(RedisModule_GetContextFlags)(ctx) as u32 & raw::REDISMODULE_CTX_FLAGS_LUA
+                != 0
+        }
     }
-    super::rm!(RedisModule_GetContextFlags)(ctx) as u32 & raw::REDISMODULE_CTX_FLAGS_LUA != 0
 }
 
 /// Whether the client executing the command is in `MULTI`: the same answer as
@@ -199,22 +198,29 @@ pub fn locate_server_symbol() -> bool {
     }
 }
 
-/// The calling client's address, from a module command's context, after checking it against
-/// `RedisModule_GetClientId`. `None` for the fake clients of scripts and module calls: for those,
-/// `server.current_client` rightly names somebody else (the script's caller).
+/// The client a module command's context names (its third word), once its id is the one
+/// `RedisModule_GetClientId` gives; `None` otherwise.
 ///
 /// # Safety
 /// `ctx` must be the context the server passed to a module command.
-unsafe fn client_from_ctx(ctx: *mut raw::RedisModuleCtx) -> Option<usize> {
+unsafe fn ctx_client(ctx: *mut raw::RedisModuleCtx) -> Option<*const u64> {
     let get_id = raw::RedisModule_GetClientId?;
     let client = *(ctx as *const *const u64).add(2);
     if client.is_null() {
         return None;
     }
     let id = get_id(ctx);
-    if id == 0 || std::ptr::read(client) != id {
-        return None;
-    }
+    (id != 0 && std::ptr::read(client) == id).then_some(client)
+}
+
+/// The calling client's address, from a module command's context ([`ctx_client`]). `None` for
+/// the fake clients of scripts and module calls: for those, `server.current_client` rightly
+/// names somebody else (the script's caller).
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command.
+unsafe fn client_from_ctx(ctx: *mut raw::RedisModuleCtx) -> Option<usize> {
+    let client = ctx_client(ctx)?;
     let client_flags = std::ptr::read(client.add(1));
     if client_flags & (flags::SCRIPT | flags::MODULE) != 0 {
         return None;
@@ -336,24 +342,23 @@ unsafe fn verify(ctx: *mut raw::RedisModuleCtx) -> Calibration {
 // runs re-checks the result against `RedisModule_GetSelectedDb`; a mismatch switches it off
 // (the API again).
 
-/// Offset of `db` in the client struct, or `UNKNOWN`.
-static DB_FIELD: AtomicUsize = AtomicUsize::new(UNKNOWN);
-/// Address of `server.db[0]` and the size of one `redisDb`.
+/// Address of `server.db[0]` and the size of one `redisDb`; 0 while the layout is not known
+/// (not calibrated yet, or switched off).
 static DB_BASE: AtomicUsize = AtomicUsize::new(0);
 static DB_STRIDE: AtomicUsize = AtomicUsize::new(0);
 /// Whether the database calibration was attempted (it runs once).
 static DB_TRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Where `db` sits in the client struct (see above).
-const DB_FIELD_AT: usize = 32;
+pub const DB_FIELD_AT: usize = 32;
 
 /// Outcome of [`calibrate_db`] worth a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbCalibration {
     /// Nothing to report (done before, or not possible from this call).
     Quiet,
+    /// The layout is known; the size of one `redisDb`.
     Found {
-        offset: usize,
         stride: usize,
     },
     Failed(&'static str),
@@ -373,12 +378,12 @@ pub unsafe fn calibrate_db(ctx: *mut raw::RedisModuleCtx) -> DbCalibration {
         return DbCalibration::Quiet;
     };
     if DB_TRIED.load(Ordering::Relaxed) {
-        if DB_FIELD.load(Ordering::Relaxed) == UNKNOWN
+        if DB_STRIDE.load(Ordering::Relaxed) == 0
             || db_of_client(client as *const u64) == Some(get_db(ctx))
         {
             return DbCalibration::Quiet;
         }
-        DB_FIELD.store(UNKNOWN, Ordering::Relaxed);
+        DB_STRIDE.store(0, Ordering::Relaxed);
         return DbCalibration::Failed("a client's database pointer no longer gives its database");
     }
     DB_TRIED.store(true, Ordering::Relaxed);
@@ -406,12 +411,9 @@ pub unsafe fn calibrate_db(ctx: *mut raw::RedisModuleCtx) -> DbCalibration {
     if (p1 - p0) % steps != 0 || !(8..=1 << 16).contains(&stride) || base <= 0 {
         return DbCalibration::Failed("the database pointers are not an array");
     }
-    let offset = DB_FIELD_AT;
     DB_BASE.store(base as usize, Ordering::Relaxed);
     DB_STRIDE.store(stride as usize, Ordering::Relaxed);
-    DB_FIELD.store(offset, Ordering::Relaxed);
     DbCalibration::Found {
-        offset,
         stride: stride as usize,
     }
 }
@@ -432,17 +434,14 @@ pub fn current_db() -> Option<i32> {
 /// # Safety
 /// `client` must point to a live client struct.
 unsafe fn db_of_client(client: *const u64) -> Option<i32> {
-    let offset = DB_FIELD.load(Ordering::Relaxed);
-    if offset == UNKNOWN {
+    let stride = DB_STRIDE.load(Ordering::Relaxed);
+    if stride == 0 {
         return None;
     }
-    let (base, stride) = (
-        DB_BASE.load(Ordering::Relaxed),
-        DB_STRIDE.load(Ordering::Relaxed),
-    );
-    let db = std::ptr::read((client as *const u8).add(offset) as *const usize);
+    let base = DB_BASE.load(Ordering::Relaxed);
+    let db = std::ptr::read((client as *const u8).add(DB_FIELD_AT) as *const usize);
     let from_base = db.checked_sub(base)?;
-    if stride == 0 || from_base % stride != 0 {
+    if from_base % stride != 0 {
         return None;
     }
     i32::try_from(from_base / stride).ok()

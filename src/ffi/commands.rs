@@ -417,9 +417,10 @@ unsafe fn calibrate_unguarded(ctx: *mut raw::RedisModuleCtx) {
         Calibration::AlreadyDone | Calibration::NotNow => {}
     }
     match client::calibrate_db(ctx) {
-        client::DbCalibration::Found { offset, stride } => log_notice(&format!(
-            "umcluster: client databases readable (client db at offset {offset}, {stride}-byte \
-             databases)"
+        client::DbCalibration::Found { stride } => log_notice(&format!(
+            "umcluster: client databases readable (client db at offset {}, {stride}-byte \
+             databases)",
+            client::DB_FIELD_AT
         )),
         client::DbCalibration::Failed(why) => log_warning(&format!(
             "umcluster: client databases unreadable ({why}); moving slots ask the server for \
@@ -580,9 +581,10 @@ extern "C" fn redirect_command(
                 };
                 // The commonest redirect skips re-checking client identity (every other command
                 // of the module does it, and so does this one until identity is found).
-                let cached = match argc >= 2 {
-                    true => redirect_cache::cached(*argv.add(1), text),
-                    false => None,
+                let cached = if argc >= 2 {
+                    redirect_cache::cached(*argv.add(1), text)
+                } else {
+                    None
                 };
                 if cached.is_none() || !client::identity_available() {
                     calibrate(ctx);
