@@ -483,6 +483,26 @@ fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String
 }
 
 /// The writer thread: connects, starts the reader, then writes every batch it is given.
+/// Nice steps the link's threads stand below the thread that starts them (the server's main
+/// thread). Where they compete for a core, the scheduler then runs the main thread first, so the
+/// mover's sending and reading delay the clients' event loop less (migration benchmark, 3 M keys,
+/// five pairs of runs: longest PING 6.1-6.7 ms instead of 6.8-8.8 ms, same speed).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`BACKGROUND_NICE`] (on Linux a thread id's nice value
+/// is that thread's alone). Advisory: a refusal changes nothing else.
+fn yield_to_the_main_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: system calls about this thread's own id. A -1 from `getpriority` is either the
+    // real nice value or an error that cannot happen for our own id; either way the result is
+    // a valid, lower priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + BACKGROUND_NICE).min(19));
+    }
+}
+
 fn writer(
     (host, port): (String, u16),
     config: LinkConfig,
@@ -490,6 +510,7 @@ fn writer(
     events: Reporter,
     shared: Arc<Mutex<Option<TcpStream>>>,
 ) {
+    yield_to_the_main_thread();
     let addr = format!("{host}:{port}");
     let mut stream = match connect(&host, port, config.connect_timeout) {
         Ok(s) => s,
@@ -527,6 +548,7 @@ fn writer(
     let (owed_tx, owed_rx) = mpsc::channel::<(u64, usize, Duration)>();
     let reader_events = events.clone();
     let reader_addr = addr.clone();
+    // The reader inherits this thread's lowered priority.
     if let Err(e) = thread::Builder::new()
         .name("umcluster-migrate-rx".into())
         .spawn(move || reader(reader_addr, read_half, owed_rx, reader_events))

@@ -3,6 +3,7 @@ migrating slots to the destination itself (every type, TTLs, every database), re
 UMCTL MIGRATIONS / INFOMGR / INFO, keeps the redirect rules during the move, survives a
 destination that is down, and keeps its replica identical."""
 
+import os
 import threading
 import time
 
@@ -779,6 +780,38 @@ def test_keys_on_their_way_take_no_writes_until_the_destination_answers(servers)
     assert [d.get(k) for k in keys] == ["old"] * len(keys)
     assert d.hgetall(h) == {"a": "1"}
     assert src.client().dbsize() == 0
+
+
+def thread_nice_values(pid):
+    """{thread name: [nice value, ...]} of a process's threads, from /proc."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        # Fields after the name start at field 3 (state); the nice value is field 19.
+        out.setdefault(name, []).append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return out
+
+
+def test_the_movers_threads_yield_the_cpu_to_the_servers_main_thread(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    keys = keys_in(LOW, HIGH, "n", 5)
+    for k in keys:
+        src.client().set(k, "v")
+    open_with_paused_destination(src, dst, 3000)
+    wait_fenced(src, keys[0])  # a batch is written: the sender and its reader are up
+    nice = thread_nice_values(src.proc.pid)
+    main = nice["redis-server"][0]
+    # Thread names are cut to 15 bytes: "umcluster-migrate-tx" and "-rx" both read like this.
+    movers = nice.get("umcluster-migra", [])
+    assert len(movers) == 2, nice
+    assert movers == [min(main + 10, 19)] * 2, nice
+    wait_until(lambda: task_done(src), timeout=30, what="migration done")
 
 
 def test_keys_removed_here_while_on_their_way_are_removed_on_the_destination_too(servers):
