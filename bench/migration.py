@@ -15,7 +15,7 @@ while two probes run against the source:
   back before the move and during it; the table gives the median rate of each phase.
 
 Reports seconds, keys/s, MB/s (value bytes: keys x size), longest stall, and throughput during vs
-before. Usage: bench/migration.py [--keys N] [--size BYTES] [--runs-before N] [--no-load]
+before. Usage: bench/migration.py [--keys N | --hash-fields N] [--size BYTES] [--runs-before N] [--no-load]
 [--clients N --pipeline P]
 (--no-load: no throughput runs during the move, to see the mover's own speed.)
 Needs the release build (`cargo build --release`), redis-server and redis-benchmark. Stops only
@@ -175,6 +175,9 @@ def main():
                     help="redis-benchmark connections of the client load (default 20: saturates the source)")
     ap.add_argument("--pipeline", type=int, default=16,
                     help="redis-benchmark -P of the client load (default 16); --clients 2 --pipeline 1 is a light load")
+    ap.add_argument("--hash-fields", type=int, default=0,
+                    help="instead of --keys strings, one hash of this many fields of --size bytes "
+                         "(a huge key: it moves in pieces)")
     ap.add_argument("--no-load", action="store_true",
                     help="no redis-benchmark during the move (the mover's speed alone; the PING probe still runs)")
     args = ap.parse_args()
@@ -195,9 +198,20 @@ def main():
         servers += [src, dst]
         subprocess.run([TOOL, "create", src.addr], check=True, capture_output=True)
         t = time.monotonic()
-        assert cli(src.port, "DEBUG", "POPULATE", str(args.keys), "key", str(args.size)) == "OK"
-        print(f"loaded {args.keys:,} keys x {args.size} B in {time.monotonic() - t:.1f}s, "
-              f"used_memory {used_memory(src.port) / 2**20:.0f} MiB", flush=True)
+        if args.hash_fields:
+            args.keys = 1
+            fill = ("local n = tonumber(ARGV[2]) for i = tonumber(ARGV[1]), n do "
+                    "redis.call('HSET', KEYS[1], 'field:' .. i, string.rep('x', tonumber(ARGV[3]))) end")
+            for start in range(1, args.hash_fields + 1, 100_000):
+                end = min(args.hash_fields, start + 99_999)
+                cli(src.port, "EVAL", fill, "1", "bighash", str(start), str(end), str(args.size))
+            print(f"loaded 1 hash of {args.hash_fields:,} fields x {args.size} B in "
+                  f"{time.monotonic() - t:.1f}s, used_memory {used_memory(src.port) / 2**20:.0f} MiB",
+                  flush=True)
+        else:
+            assert cli(src.port, "DEBUG", "POPULATE", str(args.keys), "key", str(args.size)) == "OK"
+            print(f"loaded {args.keys:,} keys x {args.size} B in {time.monotonic() - t:.1f}s, "
+                  f"used_memory {used_memory(src.port) / 2**20:.0f} MiB", flush=True)
         subprocess.run([TOOL, "add-node", dst.addr, src.addr], check=True, capture_output=True)
         tag = tag_for_slot(PROBE_SLOT)
         stay = int(cli(src.port, "CLUSTER", "COUNTKEYSINSLOT", str(PROBE_SLOT)) or 0)
@@ -219,6 +233,10 @@ def main():
         worst = multiprocessing.Value("d", 0.0)
         ping = multiprocessing.Process(target=pinger, args=(src.port, stop, worst))
         ping.start()
+        # The destination's loop, too: it applies what arrives (a huge key's RESTORE holds it).
+        worst_dst = multiprocessing.Value("d", 0.0)
+        ping_dst = multiprocessing.Process(target=pinger, args=(dst.port, stop, worst_dst))
+        ping_dst.start()
         last_bytes = [0]
 
         def watch():
@@ -250,12 +268,13 @@ def main():
         out = mig.stdout.read()
         stop.set()
         ping.join(timeout=10)
+        ping_dst.join(timeout=10)
         if mig.returncode != 0:
             raise SystemExit(f"umcluster migrate failed:\n{out}")
         moved = args.keys - stay
         left = int(cli(src.port, "DBSIZE"))
         on_dst = int(cli(dst.port, "DBSIZE"))
-        mb = moved * args.size / 1e6
+        mb = (args.hash_fields or moved) * args.size / 1e6
         rb, rd = statistics.median(before), (statistics.median(during) if during else 0.0)
         print()
         print(f"Slot migration, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
@@ -271,7 +290,8 @@ def main():
               f"{main_cpu:.1f} s ({main_cpu / seconds:.0%} of the time), "
               f"of which moving keys {mover_cpu:.1f} s ({mover_cpu / main_cpu if main_cpu else 0:.0%}), "
               f"clients and the rest {main_cpu - mover_cpu:.1f} s")
-        print(f"destination main thread on CPU: {dst_cpu:.1f} s ({dst_cpu / seconds:.0%} of the time)")
+        print(f"destination main thread on CPU: {dst_cpu:.1f} s ({dst_cpu / seconds:.0%} of the time); "
+              f"longest PING on the destination during the move: {worst_dst.value:.1f} ms")
         print(f"(source keeps {left:,} keys (slot {PROBE_SLOT} and probe keys), destination holds {on_dst:,}; "
               f"{len(during)} throughput runs during the move)")
         with open(os.path.join(src.dir, "redis.log"), errors="replace") as f:
