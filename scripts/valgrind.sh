@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the hardening tests (fault injection, bad-input matrix, churn), the filter-paths test
 # (the fast path reads argument strings straight from server memory), the redirect-cache test
-# (strings and replies the module keeps and hands to the server) and two tests of moving slots
-# (the caller's database read from the client struct, the quick paths) with every redis-server
-# under `valgrind --leak-check=full`, then reports the leak records whose stack goes through
-# libumcluster. Exit status 1 when there is one.
+# (strings and replies the module keeps and hands to the server) and three tests of moving slots
+# (the caller's database read from the client struct, the quick paths, a big collection moved in
+# pieces) with every redis-server under `valgrind --leak-check=full`, then reports the leak
+# records whose stack goes through libumcluster. Exit status 1 when there is one.
 #
 # Debian's redis-server uses the system jemalloc; --soname-synonyms makes valgrind replace it, so
 # the module's RedisModule_Alloc blocks (which end in jemalloc's malloc) are tracked too.
@@ -23,6 +23,7 @@ export FILTER_PATHS_ROUNDS="${FILTER_PATHS_ROUNDS:-600}"
     tests/python/test_filter_paths.py tests/python/test_redirect_cache.py \
     tests/python/test_migration.py::test_moving_slots_look_keys_up_in_the_callers_database \
     tests/python/test_migration.py::test_transactions_on_a_migrating_slot_keep_the_transaction_rules \
+    tests/python/test_migration.py::test_a_big_collection_that_expires_midway_is_removed_from_the_destination_too \
     "$@"
 
 echo "valgrind logs: $LOGS"

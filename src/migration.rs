@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::reply::Reply;
 use crate::topology::{GroupKind, MigrationMeta, SlotRange, Topology};
-use crate::transfer::{Batch, Link};
+use crate::transfer::{Batch, Collection, Link, Payload};
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,42 @@ impl std::fmt::Debug for ScanCursor {
     }
 }
 
+/// A big collection moved in pieces (see `transfer::Piece`), waiting for its turn or being read.
+/// It holds its key's fence from the scan that met it until its last piece is handed over; the
+/// last piece's entry holds it from then on, like any entry of a batch.
+#[derive(Debug)]
+pub struct BigKey {
+    pub db: i32,
+    pub name: Vec<u8>,
+    /// What it is, known once its first piece is read (`None` before, and after a restart).
+    pub of: Option<Collection>,
+    /// Position in a hash, set or sorted set (`RedisModule_ScanKey`).
+    pub cursor: Option<ScanCursor>,
+    /// Position in a list.
+    pub next_index: i64,
+    /// Pieces read so far.
+    pub pieces: u32,
+}
+
+impl BigKey {
+    pub fn new(db: i32, name: Vec<u8>) -> BigKey {
+        BigKey {
+            db,
+            name,
+            of: None,
+            cursor: None,
+            next_index: 0,
+            pieces: 0,
+        }
+    }
+
+    /// From the first piece again (pieces of it were lost with a link: they must arrive in order,
+    /// and the first replaces whatever the destination holds).
+    pub fn restart(&mut self) {
+        *self = BigKey::new(self.db, std::mem::take(&mut self.name));
+    }
+}
+
 /// One migration of this node's slots to another node.
 #[derive(Debug)]
 pub struct Task {
@@ -91,6 +127,9 @@ pub struct Task {
     pub keys_per_sec: u64,
     /// Keys on their way to the destination.
     pub pipe: Pipeline,
+    /// Big collections met by the scan, moved in pieces one at a time (the front one is read),
+    /// ahead of further scanning.
+    pub big: VecDeque<BigKey>,
 }
 
 /// Most of the event loop a migration tick takes while the clients leave it idle; also the
@@ -322,6 +361,35 @@ impl Pipeline {
         }
     }
 
+    /// Takes the pieces of big collections out of the parked batches (after a link failed) and
+    /// returns, in order, the database and name of each key that lost a piece, once. Their moves
+    /// start over: a key's pieces must arrive in order, from the first.
+    pub fn drop_parked_pieces(&mut self) -> Vec<(i32, Vec<u8>)> {
+        let mut keys: Vec<(i32, Vec<u8>)> = Vec::new();
+        let mut kept = Vec::with_capacity(self.parked.len());
+        for sent in std::mem::take(&mut self.parked) {
+            let piece = sent
+                .batch
+                .entries
+                .iter()
+                .any(|e| matches!(e.payload, Payload::Piece(_)));
+            if !piece {
+                kept.push(sent);
+                continue;
+            }
+            self.keys -= sent.batch.entries.len();
+            self.bytes -= sent.batch.bytes;
+            for e in &sent.batch.entries {
+                let key = (sent.batch.db, e.key.to_vec());
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        self.parked = kept;
+        keys
+    }
+
     /// Forgets everything (the node became a replica: its master's deletes will follow).
     pub fn reset(&mut self) {
         *self = Pipeline {
@@ -359,6 +427,7 @@ impl Task {
             rate_window_keys: 0,
             keys_per_sec: 0,
             pipe: Pipeline::default(),
+            big: VecDeque::new(),
         }
     }
 
@@ -744,6 +813,67 @@ mod tests {
         p.link_failed(false);
         assert!(!p.is_fenced(b"d"));
         assert_eq!(p.keys, 2);
+    }
+
+    fn piece(p: &mut Pipeline, db: i32, key: &str, first: bool, last: bool) -> Sent {
+        let id = p.next_id();
+        Sent {
+            batch: Arc::new(Batch {
+                id,
+                db,
+                entries: vec![crate::transfer::Entry {
+                    key: key.as_bytes().to_vec().into(),
+                    payload: Payload::Piece(crate::transfer::Piece {
+                        of: Collection::List,
+                        first,
+                        last,
+                        elements: vec![1, 0, 0, 0, b'x'],
+                    }),
+                    expire_at_ms: 0,
+                }],
+                bytes: 10,
+            }),
+            maybe_delivered: true,
+        }
+    }
+
+    #[test]
+    fn a_failed_link_drops_the_pieces_and_names_their_keys_once_in_order() {
+        let mut p = Pipeline::default();
+        p.fence(b"big1");
+        p.fence(b"big2");
+        let whole = batch(&mut p, &["a"]);
+        p.sent(whole);
+        for sent in [
+            piece(&mut p, 0, "big1", false, true),
+            piece(&mut p, 2, "big2", true, false),
+            piece(&mut p, 2, "big2", false, false),
+        ] {
+            p.sent(sent);
+        }
+        // Never connected: the whole batch is released, the pieces are kept (and fenced).
+        p.link_failed(false);
+        assert!(!p.is_fenced(b"a"));
+        assert_eq!(p.parked.len(), 3);
+        assert_eq!(
+            p.drop_parked_pieces(),
+            vec![(0, b"big1".to_vec()), (2, b"big2".to_vec())]
+        );
+        assert!(p.parked.is_empty() && p.idle());
+        assert_eq!((p.keys, p.bytes), (0, 0));
+        assert!(
+            p.is_fenced(b"big1") && p.is_fenced(b"big2"),
+            "their jobs hold the fences"
+        );
+        let mut job = BigKey::new(2, b"big2".to_vec());
+        job.of = Some(Collection::List);
+        job.next_index = 5;
+        job.pieces = 2;
+        job.restart();
+        assert_eq!(
+            (job.db, &job.name[..], job.of, job.next_index, job.pieces),
+            (2, &b"big2"[..], None, 0, 0)
+        );
     }
 
     #[test]

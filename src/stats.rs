@@ -30,6 +30,8 @@ pub struct Stats {
     pub migration_errors: u64,
     /// Commands answered `TRYAGAIN` because a key was on its way to the destination.
     pub migration_fenced: u64,
+    /// Pieces of big collections handed to a destination (see `transfer::Piece`).
+    pub migration_pieces: u64,
     /// Main-thread CPU time spent in migration ticks (µs).
     pub migration_cpu_us: u64,
 }

@@ -47,6 +47,87 @@ pub enum Payload {
     /// `RESTORE`, one whose absolute expiry lies in the past, which the destination answers by
     /// deleting the key (and propagating a `DEL`).
     Tombstone,
+    /// Some elements of a big hash, set, sorted set or list (see [`Piece`]); import only.
+    Piece(Piece),
+}
+
+/// Which collection a [`Piece`] belongs to, and how its elements are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collection {
+    /// Field, value, field, value...
+    Hash,
+    /// Members.
+    Set,
+    /// Member, score, member, score... (the scores as the server prints them, exact).
+    Zset,
+    /// Elements in order, appended at the tail.
+    List,
+}
+
+impl Collection {
+    fn letter(self) -> u8 {
+        match self {
+            Collection::Hash => b'h',
+            Collection::Set => b's',
+            Collection::Zset => b'z',
+            Collection::List => b'l',
+        }
+    }
+
+    fn from_letter(letter: u8) -> Option<Collection> {
+        Some(match letter {
+            b'h' => Collection::Hash,
+            b's' => Collection::Set,
+            b'z' => Collection::Zset,
+            b'l' => Collection::List,
+            _ => return None,
+        })
+    }
+
+    /// Elements that make one item (a field and its value, a member and its score).
+    pub fn arity(self) -> usize {
+        match self {
+            Collection::Hash | Collection::Zset => 2,
+            Collection::Set | Collection::List => 1,
+        }
+    }
+}
+
+/// Part of a collection too big to move as one `DUMP` (it would hold both servers' loops for as
+/// long as its serialization and its `RESTORE` take). The destination applies the pieces of a key
+/// in order: the `first` replaces whatever the key held, the others add to it, the `last` sets
+/// the expiry. Until the last is acknowledged the source keeps the key (fenced), so no client
+/// is sent to the partial copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub of: Collection,
+    pub first: bool,
+    pub last: bool,
+    /// The elements, each as a 4-byte little-endian length and its bytes ([`pack_element`]).
+    pub elements: Vec<u8>,
+}
+
+/// Appends one element to a piece's packed elements.
+pub fn pack_element(element: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(element.len() as u32).to_le_bytes());
+    out.extend_from_slice(element);
+}
+
+/// The elements packed by [`pack_element`]; `None` unless `packed` is exactly a whole number of
+/// items of `of` (elements are counted, never trusted).
+pub fn unpack_elements(packed: &[u8], of: Collection) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = packed;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return None;
+        }
+        out.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    (out.len() % of.arity() == 0).then_some(out)
 }
 
 /// One key to move.
@@ -136,21 +217,38 @@ pub enum ImportKind {
     Dump,
     /// `T`: delete the key; the value is empty.
     Tombstone,
+    /// `P`: a piece of a big collection (`P`, the collection's letter, a digit with bit 0 for
+    /// the first piece and bit 1 for the last; the expiry only on the last): the value is the
+    /// packed elements.
+    Piece {
+        of: Collection,
+        first: bool,
+        last: bool,
+    },
 }
 
-/// The spec argument of an import entry: the kind's letter, then the absolute expiry in Unix
-/// milliseconds when there is one (`S`, `S1700000000000`, `D`, `T`).
+/// The spec argument of an import entry: the kind's letter(s), then the absolute expiry in Unix
+/// milliseconds when there is one (`S`, `S1700000000000`, `D`, `T`, `Ph1`, `Pl2`,
+/// `Pz31700000000000`).
 pub fn import_spec(kind: ImportKind, expire_at_ms: i64) -> ([u8; 24], usize) {
     let mut out = [0u8; 24];
+    let mut len = 1;
+    let mut dated = kind != ImportKind::Tombstone;
     out[0] = match kind {
         ImportKind::Str => b'S',
         ImportKind::Dump => b'D',
         ImportKind::Tombstone => b'T',
+        ImportKind::Piece { of, first, last } => {
+            out[1] = of.letter();
+            out[2] = b'0' + u8::from(first) + 2 * u8::from(last);
+            len = 3;
+            dated = last;
+            b'P'
+        }
     };
-    let mut len = 1;
-    if expire_at_ms > 0 && kind != ImportKind::Tombstone {
+    if expire_at_ms > 0 && dated {
         let (digits, n) = itoa(expire_at_ms);
-        out[1..1 + n].copy_from_slice(&digits[..n]);
+        out[len..len + n].copy_from_slice(&digits[..n]);
         len += n;
     }
     (out, len)
@@ -159,22 +257,35 @@ pub fn import_spec(kind: ImportKind, expire_at_ms: i64) -> ([u8; 24], usize) {
 /// Parses a spec written by [`import_spec`]: the kind and the expiry (0 for none). `None` for
 /// anything else.
 pub fn parse_import_spec(spec: &[u8]) -> Option<(ImportKind, i64)> {
-    let (&letter, digits) = spec.split_first()?;
+    let (&letter, mut digits) = spec.split_first()?;
     let kind = match letter {
         b'S' => ImportKind::Str,
         b'D' => ImportKind::Dump,
         b'T' => ImportKind::Tombstone,
+        b'P' => {
+            let [of, phase, rest @ ..] = digits else {
+                return None;
+            };
+            let phase = phase.checked_sub(b'0').filter(|p| *p <= 3)?;
+            digits = rest;
+            ImportKind::Piece {
+                of: Collection::from_letter(*of)?,
+                first: phase & 1 != 0,
+                last: phase & 2 != 0,
+            }
+        }
         _ => return None,
     };
     if digits.is_empty() {
         return Some((kind, 0));
     }
     // One spelling per expiry (no leading zeros): what `import_spec` writes, nothing else.
-    if kind == ImportKind::Tombstone
-        || digits.len() > 18
-        || digits[0] == b'0'
-        || !digits.iter().all(u8::is_ascii_digit)
-    {
+    let dated = match kind {
+        ImportKind::Tombstone => false,
+        ImportKind::Piece { last, .. } => last,
+        _ => true,
+    };
+    if !dated || digits.len() > 18 || digits[0] == b'0' || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let ms = digits
@@ -216,6 +327,11 @@ pub fn encode_import(batch: &Batch, out: &mut Vec<u8>) -> usize {
                 Payload::Str(_) => ImportKind::Str,
                 Payload::Dump(_) => ImportKind::Dump,
                 Payload::Tombstone => ImportKind::Tombstone,
+                Payload::Piece(p) => ImportKind::Piece {
+                    of: p.of,
+                    first: p.first,
+                    last: p.last,
+                },
             };
             import_spec(kind, e.expire_at_ms)
         })
@@ -235,6 +351,7 @@ pub fn encode_import(batch: &Batch, out: &mut Vec<u8>) -> usize {
             Payload::Str(v) => v,
             Payload::Dump(d) => d,
             Payload::Tombstone => b"",
+            Payload::Piece(p) => &p.elements,
         });
     }
     encode_command(out, &args);
@@ -256,6 +373,19 @@ pub fn encode_batch(batch: &Batch, selected: &mut Option<i32>, out: &mut Vec<u8>
     let mut payload = Vec::new();
     for e in &batch.entries {
         let (data, ttl) = match &e.payload {
+            Payload::Piece(_) => {
+                // Pieces go only to a destination that took imports (see the mover). Should one
+                // come here, it goes as the import it is: a destination without the module
+                // refuses it, and nothing is deleted on a refusal.
+                let single = Batch {
+                    id: batch.id,
+                    db: batch.db,
+                    entries: vec![e.clone()],
+                    bytes: 0,
+                };
+                replies += encode_import(&single, out);
+                continue;
+            }
             Payload::Dump(d) => (d.as_slice(), e.expire_at_ms.max(0)),
             Payload::Str(value) => {
                 payload.clear();
@@ -677,10 +807,43 @@ mod tests {
             (ImportKind::Dump, 0),
             (ImportKind::Dump, 1),
             (ImportKind::Tombstone, 0),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [
+                Collection::Hash,
+                Collection::Set,
+                Collection::Zset,
+                Collection::List,
+            ]
+            .into_iter()
+            .flat_map(|of| {
+                [(false, false), (true, false), (false, true), (true, true)]
+                    .map(|(first, last)| (ImportKind::Piece { of, first, last }, 0))
+            }),
+        )
+        .chain([(
+            ImportKind::Piece {
+                of: Collection::Zset,
+                first: true,
+                last: true,
+            },
+            1_700_000_000_123,
+        )]) {
             let (spec, len) = import_spec(kind, ms);
             assert_eq!(parse_import_spec(&spec[..len]), Some((kind, ms)));
         }
+        let middle = ImportKind::Piece {
+            of: Collection::Hash,
+            first: true,
+            last: false,
+        };
+        assert_eq!(&import_spec(middle, 42).0[..3], b"Ph1");
+        assert_eq!(
+            import_spec(middle, 42).1,
+            3,
+            "only the last piece carries the expiry"
+        );
         assert_eq!(&import_spec(ImportKind::Str, 42).0[..3], b"S42");
         // A tombstone carries no expiry; a negative or absent expiry is none.
         assert_eq!(import_spec(ImportKind::Tombstone, 5).1, 1);
@@ -695,9 +858,37 @@ mod tests {
             b"T5",
             b"S9999999999999999999",
             b"S05",
+            b"P",
+            b"Ph",
+            b"Px1",
+            b"Ph4",
+            b"Ph15",
+            b"Pl25x",
         ] {
             assert_eq!(parse_import_spec(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn packed_elements_round_trip_and_malformed_ones_are_refused() {
+        let mut packed = Vec::new();
+        for e in [&b"field"[..], b"", b"\x00\xff value"] {
+            pack_element(e, &mut packed);
+        }
+        assert_eq!(
+            unpack_elements(&packed, Collection::List),
+            Some(vec![&b"field"[..], b"", b"\x00\xff value"])
+        );
+        // Three elements are no whole number of field/value pairs.
+        assert_eq!(unpack_elements(&packed, Collection::Hash), None);
+        assert_eq!(unpack_elements(&[], Collection::Zset), Some(vec![]));
+        // Cut short anywhere: refused, never read past the end.
+        for cut in 1..packed.len() {
+            let got = unpack_elements(&packed[..cut], Collection::List);
+            assert!(got.is_none() || cut == 9 || cut == 13, "{cut}: {got:?}");
+        }
+        assert_eq!(unpack_elements(&[9, 0, 0, 0, 1], Collection::Set), None);
+        assert_eq!(unpack_elements(&[0xff; 4], Collection::Set), None);
     }
 
     #[test]

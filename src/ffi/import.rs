@@ -11,6 +11,10 @@
 //! anything is applied otherwise. From the master or the AOF it is applied as it stands, never
 //! checked or redirected, so a replica replays exactly what its master did.
 //!
+//! Pieces of big collections (`P` entries, see `transfer::Piece`) are applied with the
+//! collection's own command; the first piece of a key replaces whatever it held, the last sets
+//! its expiry.
+//!
 //! Expiry: a key whose absolute expiry has passed when a master applies it is deleted instead
 //! (as `RESTORE ... ABSTTL` does), and the command is propagated with that entry turned into a
 //! tombstone, so replicas, whose clocks may differ, delete it too.
@@ -26,7 +30,7 @@ use crate::resp::{itoa, Value};
 use crate::router::SlotRoute;
 use crate::slot::key_slot;
 use crate::state::{self, State};
-use crate::transfer::{parse_import_spec, ImportKind, IMPORT_COMMAND};
+use crate::transfer::{parse_import_spec, unpack_elements, Collection, ImportKind, IMPORT_COMMAND};
 
 /// Flags of `umcluster.import`: a write (refused on a read-only replica and under OOM like
 /// `RESTORE`), not from scripts.
@@ -80,6 +84,10 @@ unsafe fn parse(args: &[*mut raw::RedisModuleString]) -> Result<(i32, Vec<Entry>
     for first in (2..args.len()).step_by(3) {
         let (kind, expire_at_ms) = parse_import_spec(string_bytes(args[first + 1], &mut buf))
             .ok_or("ERR umcluster.import: invalid entry spec")?;
+        if let ImportKind::Piece { of, .. } = kind {
+            unpack_elements(string_bytes(args[first + 2], &mut buf), of)
+                .ok_or("ERR umcluster.import: invalid piece")?;
+        }
         entries.push(Entry {
             key: first,
             kind,
@@ -181,6 +189,17 @@ unsafe fn import(
                     break;
                 }
             }
+            ImportKind::Piece { of, first, last } => {
+                if let Err(text) = apply_piece(ctx, name, args[e.value], of, first) {
+                    refused = Some((n, text));
+                    break;
+                }
+                if last && e.expire_at_ms > 0 {
+                    let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_WRITE as c_int);
+                    rm!(RedisModule_SetAbsExpire)(key, e.expire_at_ms);
+                    rm!(RedisModule_CloseKey)(key);
+                }
+            }
             ImportKind::Tombstone => {
                 let key = rm!(RedisModule_OpenKey)(
                     ctx,
@@ -189,7 +208,7 @@ unsafe fn import(
                 );
                 let existed =
                     rm!(RedisModule_KeyType)(key) != raw::REDISMODULE_KEYTYPE_EMPTY as c_int;
-                rm!(RedisModule_DeleteKey)(key);
+                rm!(RedisModule_UnlinkKey)(key);
                 rm!(RedisModule_CloseKey)(key);
                 if existed {
                     notify(ctx, name, c"del");
@@ -205,6 +224,67 @@ unsafe fn import(
     propagate(ctx, args, &entries[..applied], &expired);
     rm!(RedisModule_SelectDb)(ctx, previous_db);
     refused.map_or(Ok(()), |(_, text)| Err(text))
+}
+
+/// Applies a piece of a big collection (see `transfer::Piece`): the first replaces what the key
+/// held, every piece adds its elements with the collection's own command (`HSET`, `SADD`, `ZADD`,
+/// `RPUSH`: the server's encodings, notifications and `WATCH` invalidation, as for any write).
+/// The import is propagated as a whole, so these calls are not.
+unsafe fn apply_piece(
+    ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    packed: *mut raw::RedisModuleString,
+    of: Collection,
+    first: bool,
+) -> Result<(), String> {
+    if first {
+        let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_WRITE as c_int);
+        let existed = rm!(RedisModule_KeyType)(key) != raw::REDISMODULE_KEYTYPE_EMPTY as c_int;
+        // A big value is freed by the server's lazy-free thread, not on this loop.
+        rm!(RedisModule_UnlinkKey)(key);
+        rm!(RedisModule_CloseKey)(key);
+        if existed {
+            notify(ctx, name, c"del");
+        }
+    }
+    let mut buf = [0u8; 24];
+    // Checked when the command was parsed.
+    let elements = unpack_elements(string_bytes(packed, &mut buf), of)
+        .ok_or("ERR umcluster.import: invalid piece")?;
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let command = match of {
+        Collection::Hash => c"HSET",
+        Collection::Set => c"SADD",
+        Collection::Zset => c"ZADD",
+        Collection::List => c"RPUSH",
+    };
+    let mut argv = Vec::with_capacity(1 + elements.len());
+    argv.push(name);
+    let mut add = |bytes: &[u8]| {
+        argv.push(rm!(RedisModule_CreateString)(
+            ctx,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+        ))
+    };
+    match of {
+        // Pieces carry member, score; `ZADD` takes score, member.
+        Collection::Zset => elements.chunks_exact(2).for_each(|pair| {
+            add(pair[1]);
+            add(pair[0]);
+        }),
+        _ => elements.iter().for_each(|e| add(e)),
+    }
+    let reply = call::call_strings(ctx, command, &mut argv, c"vE");
+    for s in &argv[1..] {
+        rm!(RedisModule_FreeString)(ctx, *s);
+    }
+    match reply {
+        Ok(Value::Error(text)) | Err(text) => Err(text),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// What `RESTORE` and `DEL` tell the rest of the server about a key.

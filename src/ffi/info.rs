@@ -100,6 +100,7 @@ pub fn fields(st: &State) -> Vec<(&'static str, String)> {
         ("migration_keys_per_sec", keys_per_sec.to_string()),
         ("migration_errors", s.migration_errors.to_string()),
         ("migration_fenced", s.migration_fenced.to_string()),
+        ("migration_pieces", s.migration_pieces.to_string()),
         ("migration_cpu_us", s.migration_cpu_us.to_string()),
     ]
 }

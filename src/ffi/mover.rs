@@ -6,7 +6,7 @@
 //! Why this split: everything that touches the keyspace must run on the main thread, but waiting
 //! for the destination must not. So a tick only does memory work — scan a few buckets, copy
 //! string values (the sender builds their `DUMP` payloads and checksums), `DUMP` other types,
-//! delete acknowledged keys with one replicated `DEL` per batch — for at most a few milliseconds
+//! delete acknowledged keys with one replicated `UNLINK` per batch — for at most a few milliseconds
 //! ([`crate::migration::tick_budget`]: all of an idle loop, 30 % of a busy one),
 //! and the transfer and the destination's `RESTORE`s overlap with the source serving clients.
 //! Several batches are in flight at once (up to [`MAX_IN_FLIGHT_KEYS`] keys /
@@ -29,10 +29,17 @@
 //! behind the scan: the router sends a command whose keys are missing here to the destination
 //! (`ASK`).
 //!
-//! A huge key: strings are copied on the main thread (a memory copy, about 10 ms for 100 MB);
-//! other types are serialized by the server's `DUMP`, which holds the loop for as long as it
-//! takes. The transfer itself never holds the source's loop; the destination's `RESTORE` holds
-//! the destination's.
+//! Big collections: a hash, set, sorted set or list of more than [`PIECE_ITEMS`] items moves in
+//! pieces (see [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey` or list
+//! indexes — instead of one `DUMP`, which would hold this loop for its serialization and the
+//! destination's for its `RESTORE` (a million fields: about 0.7 s each). The key stays fenced
+//! from the scan that meets it until its last piece is acknowledged; a failed link makes it start
+//! over from the first piece, which replaces what the destination holds of it. Acknowledged keys
+//! are unlinked (a big value is freed by the server's lazy-free thread).
+//!
+//! A huge key otherwise: strings are copied on the main thread (a memory copy, about 10 ms for
+//! 100 MB); streams and module types are serialized by the server's `DUMP`, which holds the loop
+//! for as long as it takes (and the destination's `RESTORE` holds the destination's).
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -46,12 +53,15 @@ use redis_module::raw;
 
 use super::{call, guard, log_notice, log_warning, rm, string_bytes, DetachedContext};
 use crate::migration::{
-    loop_idle, tick_budget, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET,
+    loop_idle, tick_budget, BigKey, Pipeline, ScanCursor, Sent, Task, TaskState, MIN_TICK_BUDGET,
 };
 use crate::resp::Value;
 use crate::slot::key_slot;
 use crate::state::{self, State};
-use crate::transfer::{Batch, Delivery, Entry, Event, Link, LinkConfig, Payload, IMPORT_COMMAND};
+use crate::transfer::{
+    pack_element, Batch, Collection, Delivery, Entry, Event, Link, LinkConfig, Payload, Piece,
+    IMPORT_COMMAND,
+};
 
 /// Most keys in one batch.
 pub const BATCH_KEYS: usize = 256;
@@ -341,6 +351,7 @@ unsafe fn run_tick(ctx: *mut raw::RedisModuleCtx, deadline: Instant) -> Option<N
         if replica || loading {
             for t in &mut st.migrations {
                 t.pipe.reset();
+                t.big.clear();
             }
             return Some(Next::After(IDLE_PERIOD_MS));
         }
@@ -420,6 +431,20 @@ unsafe fn step_task(
         if task.pipe.keys >= MAX_IN_FLIGHT_KEYS || task.pipe.bytes >= MAX_IN_FLIGHT_BYTES {
             break;
         }
+        if !task.big.is_empty() {
+            // The big collections met so far go first, a piece at a time.
+            if pieces_allowed(&task.pipe) {
+                st.stats.migration_pieces += u64::from(next_piece(ctx, task));
+            } else {
+                // The destination no longer takes imports: whole `DUMP`s (each job's fence
+                // goes with its key to the resend list).
+                for job in std::mem::take(&mut task.big) {
+                    task.pipe.resend.push((job.db, job.name));
+                }
+            }
+            sent_any = true;
+            continue;
+        }
         if task.db >= databases {
             // The pass is over; its verdict needs every key it sent settled.
             if !task.pipe.idle() {
@@ -465,6 +490,194 @@ unsafe fn step_task(
     } else {
         Want::Wait
     }
+}
+
+/// Keys with more items than this (hash fields, members, elements) move in pieces.
+pub const PIECE_ITEMS: usize = 1000;
+/// Most bytes of elements in one piece, unless one element is bigger.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// Whether big collections may go in pieces: the link sends imports. (A destination without the
+/// module refuses the first one, pieces included; the link then falls back to whole `RESTORE`s,
+/// and the keys whose pieces were refused go whole too.)
+fn pieces_allowed(pipe: &Pipeline) -> bool {
+    pipe.delivery == Delivery::Import
+}
+
+/// The collection an open key holds, if it is one that moves in pieces when big: a hash, set,
+/// sorted set or list of more than [`PIECE_ITEMS`] items. (Streams and module types go whole,
+/// by `DUMP`.)
+unsafe fn big_collection(key: *mut raw::RedisModuleKey) -> Option<Collection> {
+    collection_kind(key).filter(|_| rm!(RedisModule_ValueLength)(key) > PIECE_ITEMS)
+}
+
+/// The kind of collection an open key holds, if it is one that can move in pieces.
+unsafe fn collection_kind(key: *mut raw::RedisModuleKey) -> Option<Collection> {
+    if key.is_null() {
+        return None;
+    }
+    Some(match rm!(RedisModule_KeyType)(key) as isize {
+        raw::REDISMODULE_KEYTYPE_HASH => Collection::Hash,
+        raw::REDISMODULE_KEYTYPE_SET => Collection::Set,
+        raw::REDISMODULE_KEYTYPE_ZSET => Collection::Zset,
+        raw::REDISMODULE_KEYTYPE_LIST => Collection::List,
+        _ => return None,
+    })
+}
+
+/// A piece being read: the packed elements and how many items they make.
+struct PieceCollect {
+    elements: Vec<u8>,
+    items: usize,
+}
+
+impl PieceCollect {
+    fn full(&self) -> bool {
+        self.items >= PIECE_ITEMS || self.elements.len() >= PIECE_BYTES
+    }
+}
+
+unsafe extern "C" fn piece_callback(
+    _key: *mut raw::RedisModuleKey,
+    field: *mut raw::RedisModuleString,
+    value: *mut raw::RedisModuleString,
+    privdata: *mut c_void,
+) {
+    guard(
+        "the migration's piece reader",
+        || {
+            let p = &mut *(privdata as *mut PieceCollect);
+            let mut buf = [0u8; 24];
+            pack_element(string_bytes(field, &mut buf), &mut p.elements);
+            if !value.is_null() {
+                pack_element(string_bytes(value, &mut buf), &mut p.elements);
+            }
+            p.items += 1;
+        },
+        |_| (),
+    )
+}
+
+/// Reads the next piece of the task's first big collection and hands it to the link. A key that
+/// vanished or changed type behind its fence is sent again whole instead (a tombstone, or its
+/// new value). Returns whether a piece went out.
+unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
+    let Some(job) = task.big.front_mut() else {
+        return false;
+    };
+    let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
+    rm!(RedisModule_SelectDb)(ctx, job.db);
+    let name = rm!(RedisModule_CreateString)(ctx, job.name.as_ptr().cast(), job.name.len());
+    let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
+    // A job under way reads on while the key holds the same kind of collection (even if it
+    // shrank behind the fence, through a path the filter does not see); any other change, or a
+    // key no longer big before its first piece, goes whole.
+    let of = match job.of {
+        None => big_collection(key),
+        Some(_) => collection_kind(key),
+    };
+    let read = match of {
+        Some(of) if job.of.is_none() || job.of == Some(of) => {
+            if job.of.is_none() {
+                job.of = Some(of);
+                if of != Collection::List {
+                    job.cursor = Some(ScanCursor {
+                        raw: rm!(RedisModule_ScanCursorCreate)().cast(),
+                        destroy: destroy_cursor,
+                    });
+                }
+            }
+            let mut piece = PieceCollect {
+                elements: Vec::new(),
+                items: 0,
+            };
+            let done = match (&job.cursor, of) {
+                (_, Collection::List) => {
+                    let len = rm!(RedisModule_ValueLength)(key) as i64;
+                    while job.next_index < len && !piece.full() {
+                        let element = rm!(RedisModule_ListGet)(key, job.next_index);
+                        if element.is_null() {
+                            break;
+                        }
+                        let mut buf = [0u8; 24];
+                        pack_element(string_bytes(element, &mut buf), &mut piece.elements);
+                        rm!(RedisModule_FreeString)(ctx, element);
+                        piece.items += 1;
+                        job.next_index += 1;
+                    }
+                    Some(job.next_index >= len)
+                }
+                (Some(cursor), _) => loop {
+                    let more = rm!(RedisModule_ScanKey)(
+                        key,
+                        cursor.raw.cast(),
+                        Some(piece_callback),
+                        (&mut piece as *mut PieceCollect).cast(),
+                    );
+                    if more == 0 {
+                        break Some(true);
+                    }
+                    if piece.full() {
+                        break Some(false);
+                    }
+                },
+                // Cannot happen (the cursor is made with the kind): read it whole instead.
+                (None, _) => None,
+            };
+            // A first piece that is also the last and holds nothing would delete the key on
+            // both sides: a key read as empty goes whole (a tombstone) instead.
+            let empty = job.pieces == 0 && done == Some(true) && piece.items == 0;
+            done.filter(|_| !empty)
+                .map(|done| (of, piece.elements, done, abs_expire(key)))
+        }
+        _ => None,
+    };
+    if !key.is_null() {
+        rm!(RedisModule_CloseKey)(key);
+    }
+    rm!(RedisModule_FreeString)(ctx, name);
+    rm!(RedisModule_SelectDb)(ctx, previous_db);
+
+    let Some((of, elements, last, expire_at_ms)) = read else {
+        if let Some(job) = task.big.pop_front() {
+            task.pipe.resend.push((job.db, job.name));
+        }
+        return false;
+    };
+    let first = job.pieces == 0;
+    job.pieces += 1;
+    let db = job.db;
+    let entry = Entry {
+        key: Bytes::copy_from_slice(&job.name),
+        payload: Payload::Piece(Piece {
+            of,
+            first,
+            last,
+            elements,
+        }),
+        expire_at_ms: if last { expire_at_ms } else { 0 },
+    };
+    if last {
+        // The last piece's entry holds the key's fence from here on.
+        task.big.pop_front();
+    }
+    let bytes = entry.key.len() as u64 + payload_len(&entry.payload);
+    let batch = Batch {
+        id: task.pipe.next_id(),
+        db,
+        entries: vec![entry],
+        bytes,
+    };
+    hand_over(
+        &mut task.pipe,
+        Sent {
+            batch: Arc::new(batch),
+            // Never released as "not delivered" on a failed link: a key's pieces are parked and
+            // its move starts over (see `link_error`).
+            maybe_delivered: true,
+        },
+    );
+    true
 }
 
 /// Hands a batch to the task's link (its keys are fenced already).
@@ -550,11 +763,20 @@ fn link_error(st: &mut State, i: usize, error: String, connected: bool) {
         ));
     }
     task.pipe.link_failed(connected);
+    // Keys whose pieces were on the failed link move again from their first piece (which
+    // replaces whatever part of them the destination holds).
+    for (db, name) in task.pipe.drop_parked_pieces().into_iter().rev() {
+        match task.big.iter_mut().find(|j| j.db == db && j.name == name) {
+            Some(job) => job.restart(),
+            // Its last piece was handed over already: the fence that entry held is the job's.
+            None => task.big.push_front(BigKey::new(db, name)),
+        }
+    }
     task.failed(error, now_ms(), RETRY_BACKOFF_MS);
     st.stats.migration_errors += 1;
 }
 
-/// An acknowledged batch: deletes its keys here (replicated as one `DEL`), unless a key changed
+/// An acknowledged batch: deletes its keys here (replicated as one `UNLINK`), unless a key changed
 /// or vanished since it was copied, in which case it is sent again and stays fenced.
 unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, batch: &Batch) {
     let previous_db = rm!(RedisModule_GetSelectedDb)(ctx);
@@ -563,6 +785,10 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
     let mut resend = Vec::new();
     let mut moved = 0u64;
     for (n, e) in batch.entries.iter().enumerate() {
+        if !ends_a_key(e) {
+            // A piece before the last: the key stays here, fenced, until its last piece.
+            continue;
+        }
         let name = rm!(RedisModule_CreateString)(ctx, e.key.as_ptr().cast(), e.key.len());
         let key = rm!(RedisModule_OpenKey)(
             ctx,
@@ -571,9 +797,10 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
         );
         match unchanged(key, e) {
             Some(true) => {
-                // What `DEL` does, without looking the key up again: delete, invalidate WATCHes,
-                // notify; the `DEL` itself is replicated once for the batch below.
-                rm!(RedisModule_DeleteKey)(key);
+                // What `UNLINK` does, without looking the key up again: delete (a big value is
+                // freed by the server's lazy-free thread, not here), invalidate WATCHes, notify;
+                // the `UNLINK` itself is replicated once for the batch below.
+                rm!(RedisModule_UnlinkKey)(key);
                 rm!(RedisModule_SignalModifiedKey)(ctx, name);
                 rm!(RedisModule_NotifyKeyspaceEvent)(
                     ctx,
@@ -602,7 +829,7 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
         // To replicas and the AOF, in this database.
         rm!(RedisModule_Replicate)(
             ctx,
-            c"DEL".as_ptr(),
+            c"UNLINK".as_ptr(),
             c"v".as_ptr(),
             deleted.as_mut_ptr(),
             deleted.len(),
@@ -615,7 +842,7 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
     rm!(RedisModule_SelectDb)(ctx, previous_db);
 
     let task = &mut st.migrations[i];
-    for e in &batch.entries {
+    for e in batch.entries.iter().filter(|e| ends_a_key(e)) {
         if !resend.iter().any(|(_, k)| *k == e.key) {
             task.pipe.unfence(&e.key);
         }
@@ -626,6 +853,12 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
     st.stats.migration_bytes_moved += batch.bytes;
     // Transactions that read these keys before they left must not run.
     st.table_version += 1;
+}
+
+/// Whether an acknowledged entry finishes its key's move (everything but a piece before the
+/// last of a big collection).
+fn ends_a_key(e: &Entry) -> bool {
+    !matches!(&e.payload, Payload::Piece(p) if !p.last)
 }
 
 /// Whether key `name` still holds what entry `e` carried: `Some(true)` yes (delete it),
@@ -650,7 +883,8 @@ unsafe fn unchanged(key: *mut raw::RedisModuleKey, e: &Entry) -> Option<bool> {
                 && abs_expire(key) == e.expire_at_ms
                 && string_value(key) == Some(&value[..]),
         ),
-        Payload::Dump(_) => Some(abs_expire(key) == e.expire_at_ms),
+        // Fenced since it was copied: only its expiry can have changed behind the fence.
+        Payload::Dump(_) | Payload::Piece(_) => Some(abs_expire(key) == e.expire_at_ms),
     }
 }
 
@@ -709,7 +943,12 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
         for (_, k) in &keys[start..end] {
             let name = rm!(RedisModule_CreateString)(ctx, k.as_ptr().cast(), k.len());
             let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
-            let entry = if key.is_null()
+            let split = pieces_allowed(&task.pipe) && big_collection(key).is_some();
+            let entry = if split {
+                // Big: in pieces again, from the first; the fence goes with the job.
+                task.big.push_back(BigKey::new(db, k.clone()));
+                None
+            } else if key.is_null()
                 || rm!(RedisModule_KeyType)(key) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int
             {
                 Some(Entry {
@@ -730,6 +969,7 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
                     batch.bytes += e.key.len() as u64 + payload_len(&e.payload);
                     batch.entries.push(e);
                 }
+                None if split => {}
                 None => task.pipe.unfence(k),
             }
         }
@@ -754,6 +994,7 @@ fn payload_len(p: &Payload) -> u64 {
         Payload::Str(v) => v.len() as u64,
         Payload::Dump(v) => v.len() as u64,
         Payload::Tombstone => 0,
+        Payload::Piece(p) => p.elements.len() as u64,
     }
 }
 
@@ -797,6 +1038,10 @@ struct Collect<'a> {
     arena: BytesMut,
     entries: Vec<Entry>,
     to_dump: Vec<(Vec<u8>, i64)>,
+    /// Big collections may go in pieces (the destination takes imports).
+    split: bool,
+    /// Big collections met, to move in pieces.
+    big: Vec<Vec<u8>>,
     bytes: u64,
     found: u64,
 }
@@ -855,6 +1100,8 @@ unsafe extern "C" fn scan_callback(
                     }
                     None => c.pipe.unfence(name),
                 }
+            } else if c.split && big_collection(key).is_some() {
+                c.big.push(name.to_vec());
             } else {
                 // `DUMP` runs after the scan step, outside the server's iteration.
                 c.to_dump.push((name.to_vec(), expire_at_ms));
@@ -883,12 +1130,15 @@ unsafe fn collect_batch(
             destroy: destroy_cursor,
         })
         .raw;
+    let split = pieces_allowed(&task.pipe);
     let mut c = Collect {
         slots: &task.slots,
         pipe: &mut task.pipe,
         arena: BytesMut::new(),
         entries: Vec::new(),
         to_dump: Vec::new(),
+        split,
+        big: Vec::new(),
         bytes: 0,
         found: 0,
     };
@@ -916,10 +1166,14 @@ unsafe fn collect_batch(
     let Collect {
         mut entries,
         to_dump,
+        big,
         mut bytes,
         found,
         ..
     } = c;
+    let db = task.db;
+    task.big
+        .extend(big.into_iter().map(|name| BigKey::new(db, name)));
     for (name, expire_at_ms) in to_dump {
         match call::call(ctx, "DUMP", &[&name]) {
             Ok(Value::Bulk(d)) => {

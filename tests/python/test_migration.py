@@ -641,11 +641,16 @@ def test_a_destination_without_the_module_gets_plain_restores(servers):
         c.set(k, i, ex=3600 if i % 2 else None)
     listed = f"{{{keys[0]}}}:list"  # same slot as keys[0]
     c.rpush(listed, "a", "b")
+    # A big collection starts in pieces, which a plain server refuses: it goes whole too.
+    big = f"{{{keys[0]}}}:big"
+    c.hset(big, mapping={f"f{i}": i for i in range(2500)})
+    big_before = c.hgetall(big)
     push_migrating(2, src, dst, source_only=True)
     wait_until(lambda: task_done(src), timeout=60, what="migration done with RESTORE")
     d = dst.client()
     assert [d.get(k) for k in keys] == [str(i) for i in range(len(keys))]
     assert d.lrange(listed, 0, -1) == ["a", "b"]
+    assert d.hgetall(big) == big_before
     assert all(d.ttl(k) > 0 for k in keys[1::2]) and all(d.ttl(k) == -1 for k in keys[::2])
     assert c.dbsize() == 0
     assert "migrating with RESTORE" in src.log_tail(200), src.log_tail(20)
@@ -669,6 +674,117 @@ def test_a_destination_out_of_memory_refuses_batches_and_nothing_is_lost(servers
     push_committed(3, src, dst)
     d = dst.client()
     assert [d.get(k) for k in names] == names
+    assert c.dbsize() == 0
+
+
+PIECE_ITEMS = 1000  # ffi::mover::PIECE_ITEMS: bigger collections move in pieces
+
+
+def fill_big_collections(client, prefix, n):
+    """A hash, a set, an integer set, a sorted set and a list of n items each (more than one
+    piece), in the moving range, every other one with a TTL; returns their names."""
+    names = [f"{{{k}}}:{kind}" for k, kind in zip(keys_in(LOW, HIGH, prefix, 5),
+                                                ("hash", "set", "intset", "zset", "list"))]
+    h, st, ints, z, lst = names
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, n, 500):
+        part = range(start, min(n, start + 500))
+        pipe.hset(h, mapping={f"f{i}": (i if i % 3 else f"v\x00{i}") for i in part})
+        pipe.sadd(st, *[f"m{i}" for i in part])
+        pipe.sadd(ints, *[i * 1_000_003 - 7 for i in part])
+        scores = [float("inf"), float("-inf"), 0.1, 1e300, -5, 2 ** 53 + 1]
+        pipe.zadd(z, {f"z{i}": (scores[i] if i < len(scores) else i / 7) for i in part})
+        # Duplicates, an empty element, binary bytes: order and multiplicity must survive.
+        pipe.rpush(lst, *[("dup" if i % 10 == 0 else "" if i % 10 == 1 else f"e{i}\xff") for i in part])
+    for k in names[::2]:
+        pipe.expire(k, 3600)
+    pipe.execute()
+    return names
+
+
+def test_big_collections_move_in_pieces_with_their_ttls_and_the_destinations_replica_follows(servers):
+    src, dst, dst_rep = servers.start_many(3)
+    push_stable(1, src, dst)
+    dst_rep.client().replicaof("127.0.0.1", dst.port)
+    c = src.client()
+    # An integer set this big stays an intset (one scan call reads it whole, one piece).
+    c.config_set("set-max-intset-entries", "5000")
+    names = fill_big_collections(c, "big", 3 * PIECE_ITEMS + 17)
+    c3 = src.client(db=3)
+    names3 = fill_big_collections(c3, "big3", PIECE_ITEMS + 1)
+    small = fill_every_type(c, "small", 2)  # whole, by DUMP
+    assert c.object("encoding", names[2]) == "intset"
+    before, before3 = snapshot(c, names + small), snapshot(c3, names3)
+    move_and_commit(src, dst)
+    d, d3 = dst.client(), dst.client(db=3)
+    for snap, client in ((before, d), (before3, d3)):
+        after = snapshot(client, list(snap))
+        for k, (val, ttl) in snap.items():
+            assert after[k][0] == val, k
+            assert same_ttl(ttl, after[k][1]), (k, ttl, after[k][1])
+    # At least three pieces for each of the four of db 0 (3,017 items, a piece holds 1,000 and
+    # what the last bucket read adds), the intset's one, one each in db 3.
+    assert c.info("umcluster")["umcluster_migration_pieces"] >= 4 * 3 + 1 + 5
+    assert c.dbsize() == 0 and c3.dbsize() == 0
+    d.execute_command("WAIT", 1, 5000)
+    wait_until(lambda: dst_rep.client().execute_command("DEBUG", "DIGEST")
+               == d.execute_command("DEBUG", "DIGEST"),
+               timeout=30, what="the destination's replica identical to it")
+
+
+def test_a_big_collection_refused_midway_starts_over_and_arrives_exact(servers):
+    src = servers.start()
+    dst = servers.start(extra_args=["--maxmemory-policy", "noeviction"])
+    push_stable(1, src, dst)
+    c = src.client()
+    n = 20 * PIECE_ITEMS
+    lst = keys_in(LOW, HIGH, "biglist", 1)[0]
+    for start in range(0, n, 1000):
+        c.rpush(lst, *[f"{i:06d}" + "x" * 94 for i in range(start, start + 1000)])
+    expected = c.lrange(lst, 0, -1)
+    # Room for a part of the list (2 MB in all, pieces of 100 KB) on the destination, then OOM.
+    used = dst.client().info("memory")["used_memory"]
+    dst.client().config_set("maxmemory", used + 1_000_000)
+    push_migrating(2, src, dst)
+    wait_until(lambda: any("OOM" in t.get("last_error", "") for t in migrations(src)), timeout=20,
+               what="the destination refused a piece with OOM")
+    with RawConnection(dst.port) as r:
+        assert r.call("ASKING") == "OK"
+        held = r.call("LLEN", lst)
+    assert 0 < held < n, "a part of the list is on the destination"
+    with RawConnection(src.port) as r:
+        # The list is on its way: no writes, reads as before.
+        assert r.call("RPUSH", lst, "late") == TRYAGAIN
+        assert r.call("LLEN", lst) == n
+    dst.client().config_set("maxmemory", "0")
+    wait_until(lambda: task_done(src), timeout=60, what="migration done once memory is there")
+    push_committed(3, src, dst)
+    # Started over from its first piece, which replaced the part already there: nothing twice.
+    assert dst.client().lrange(lst, 0, -1) == expected
+    assert c.dbsize() == 0
+
+
+def test_a_big_collection_that_expires_midway_is_removed_from_the_destination_too(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    big = keys_in(LOW, HIGH, "bigttl", 1)[0]
+    # 15 MB in pieces of 1 MB: a few are on their way (4 MB at most) when it expires here.
+    for start in range(0, 3000, 500):
+        c.hset(big, mapping={f"f{i}": "x" * 5000 for i in range(start, start + 500)})
+    c.pexpire(big, 1500)
+    open_with_paused_destination(src, dst, 2500)
+    wait_fenced(src, big)
+
+    def held_back():
+        # Expired here while part of it may be on the destination: a read waits rather than
+        # being sent there (until the destination's part is removed).
+        with RawConnection(src.port) as r:
+            return r.call("HGET", big, "f1") == TRYAGAIN
+    wait_until(held_back, timeout=10, what="a read of the expired hash held back")
+    wait_until(lambda: task_done(src), timeout=60, what="migration done")
+    push_committed(3, src, dst)
+    assert dst.client().exists(big) == 0, "the part that arrived was removed"
     assert c.dbsize() == 0
 
 
