@@ -527,6 +527,7 @@ unsafe fn collection_kind(key: *mut raw::RedisModuleKey) -> Option<Collection> {
 
 /// A piece being read: the packed elements and how many items they make.
 struct PieceCollect {
+    of: Collection,
     elements: Vec<u8>,
     items: usize,
 }
@@ -538,7 +539,7 @@ impl PieceCollect {
 }
 
 unsafe extern "C" fn piece_callback(
-    _key: *mut raw::RedisModuleKey,
+    key: *mut raw::RedisModuleKey,
     field: *mut raw::RedisModuleString,
     value: *mut raw::RedisModuleString,
     privdata: *mut c_void,
@@ -549,7 +550,16 @@ unsafe extern "C" fn piece_callback(
             let p = &mut *(privdata as *mut PieceCollect);
             let mut buf = [0u8; 24];
             pack_element(string_bytes(field, &mut buf), &mut p.elements);
-            if !value.is_null() {
+            let mut score = 0f64;
+            if p.of == Collection::Zset
+                && rm!(RedisModule_ZsetScore)(key, field, &mut score)
+                    == raw::REDISMODULE_OK as c_int
+            {
+                // The score itself, printed by us: the shortest form that reads back to the same
+                // double (the server's text goes through `long double`, which not every
+                // environment prints exactly).
+                pack_element(format!("{score:e}").as_bytes(), &mut p.elements);
+            } else if !value.is_null() {
                 pack_element(string_bytes(value, &mut buf), &mut p.elements);
             }
             p.items += 1;
@@ -588,6 +598,7 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
                 }
             }
             let mut piece = PieceCollect {
+                of,
                 elements: Vec::new(),
                 items: 0,
             };
