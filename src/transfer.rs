@@ -615,8 +615,10 @@ fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String
 /// The writer thread: connects, starts the reader, then writes every batch it is given.
 /// Nice steps the link's threads stand below the thread that starts them (the server's main
 /// thread). Where they compete for a core, the scheduler then runs the main thread first, so the
-/// mover's sending and reading delay the clients' event loop less (migration benchmark, 3 M keys,
-/// five pairs of runs: longest PING 6.1-6.7 ms instead of 6.8-8.8 ms, same speed).
+/// mover's sending and reading delay the clients' event loop less. The gain is small next to this
+/// VM's noise: migration benchmark, 3 M keys, five alternating pairs of the same build with and
+/// without it, longest PING 6.1-6.7 ms against 6.8-8.8 ms at the same speed; a later three pairs
+/// against the build before it showed no difference (6.0-8.0 against 6.0-7.5 ms).
 const BACKGROUND_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority by [`BACKGROUND_NICE`] (on Linux a thread id's nice value
