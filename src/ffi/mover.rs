@@ -29,8 +29,9 @@
 //! behind the scan: the router sends a command whose keys are missing here to the destination
 //! (`ASK`).
 //!
-//! Big collections: a hash, set, sorted set or list of more than [`PIECE_ITEMS`] items moves in
-//! pieces (see [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey` or list
+//! Big collections: a hash, set, sorted set or list of more than [`PIECE_ITEMS`] items, or of
+//! more than [`WEIGH_ITEMS`] that takes more than [`HEAVY_BYTES`], moves in pieces (see
+//! [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey` or list
 //! indexes — instead of one `DUMP`, which would hold this loop for its serialization and the
 //! destination's for its `RESTORE` (a million fields: about 0.7 s each). The key stays fenced
 //! from the scan that meets it until its last piece is acknowledged; a failed link makes it start
@@ -511,6 +512,29 @@ unsafe fn big_collection(key: *mut raw::RedisModuleKey) -> Option<Collection> {
     collection_kind(key).filter(|_| rm!(RedisModule_ValueLength)(key) > PIECE_ITEMS)
 }
 
+/// Items above which a collection with few of them is weighed ([`heavy`]): below, the server
+/// keeps it compact (listpack, intset: 128 entries of at most 64 bytes by default) unless its
+/// elements are long, and a few long elements are what a `DUMP` copies quickly enough.
+const WEIGH_ITEMS: usize = 64;
+/// A collection of [`PIECE_ITEMS`] items or fewer that takes more memory than this moves in
+/// pieces too (its `DUMP` would copy, and try to compress, all of it at once).
+const HEAVY_BYTES: i64 = 4 << 20;
+
+/// Whether an open key is a collection of few items (at most [`PIECE_ITEMS`]) but more than
+/// [`WEIGH_ITEMS`]: big elements could make it big.
+unsafe fn worth_weighing(key: *mut raw::RedisModuleKey) -> bool {
+    collection_kind(key).is_some() && rm!(RedisModule_ValueLength)(key) > WEIGH_ITEMS
+}
+
+/// Whether a collection takes more than [`HEAVY_BYTES`], by the server's `MEMORY USAGE` (which
+/// samples a few elements and extrapolates).
+unsafe fn heavy(ctx: *mut raw::RedisModuleCtx, name: &[u8]) -> bool {
+    matches!(
+        call::call(ctx, "MEMORY", &[b"USAGE", name, b"SAMPLES", b"16"]),
+        Ok(Value::Int(bytes)) if bytes > HEAVY_BYTES
+    )
+}
+
 /// The kind of collection an open key holds, if it is one that can move in pieces.
 unsafe fn collection_kind(key: *mut raw::RedisModuleKey) -> Option<Collection> {
     if key.is_null() {
@@ -579,13 +603,9 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
     rm!(RedisModule_SelectDb)(ctx, job.db);
     let name = rm!(RedisModule_CreateString)(ctx, job.name.as_ptr().cast(), job.name.len());
     let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
-    // A job under way reads on while the key holds the same kind of collection (even if it
-    // shrank behind the fence, through a path the filter does not see); any other change, or a
-    // key no longer big before its first piece, goes whole.
-    let of = match job.of {
-        None => big_collection(key),
-        Some(_) => collection_kind(key),
-    };
+    // A job reads on while the key holds the same kind of collection (even if it shrank behind
+    // the fence, through a path the filter does not see); any other change goes whole.
+    let of = collection_kind(key);
     let read = match of {
         Some(of) if job.of.is_none() || job.of == Some(of) => {
             if job.of.is_none() {
@@ -953,8 +973,17 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
         };
         for (_, k) in &keys[start..end] {
             let name = rm!(RedisModule_CreateString)(ctx, k.as_ptr().cast(), k.len());
-            let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
-            let split = pieces_allowed(&task.pipe) && big_collection(key).is_some();
+            let mut key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
+            let mut split = false;
+            if pieces_allowed(&task.pipe) {
+                split = big_collection(key).is_some();
+                if !split && worth_weighing(key) {
+                    // Weighed with the key closed: the call looks it up itself.
+                    rm!(RedisModule_CloseKey)(key);
+                    split = heavy(ctx, k);
+                    key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
+                }
+            }
             let entry = if split {
                 // Big: in pieces again, from the first; the fence goes with the job.
                 task.big.push_back(BigKey::new(db, k.clone()));
@@ -1049,6 +1078,8 @@ struct Collect<'a> {
     arena: BytesMut,
     entries: Vec<Entry>,
     to_dump: Vec<(Vec<u8>, i64)>,
+    /// Collections to weigh before they are dumped: few items, maybe big ones.
+    to_weigh: Vec<(Vec<u8>, i64)>,
     /// Big collections may go in pieces (the destination takes imports).
     split: bool,
     /// Big collections met, to move in pieces.
@@ -1113,6 +1144,8 @@ unsafe extern "C" fn scan_callback(
                 }
             } else if c.split && big_collection(key).is_some() {
                 c.big.push(name.to_vec());
+            } else if c.split && worth_weighing(key) {
+                c.to_weigh.push((name.to_vec(), expire_at_ms));
             } else {
                 // `DUMP` runs after the scan step, outside the server's iteration.
                 c.to_dump.push((name.to_vec(), expire_at_ms));
@@ -1148,6 +1181,7 @@ unsafe fn collect_batch(
         arena: BytesMut::new(),
         entries: Vec::new(),
         to_dump: Vec::new(),
+        to_weigh: Vec::new(),
         split,
         big: Vec::new(),
         bytes: 0,
@@ -1176,12 +1210,21 @@ unsafe fn collect_batch(
     }
     let Collect {
         mut entries,
-        to_dump,
-        big,
+        mut to_dump,
+        to_weigh,
+        mut big,
         mut bytes,
         found,
         ..
     } = c;
+    // Weighed outside the server's iteration (the call looks the key up).
+    for (name, expire_at_ms) in to_weigh {
+        if heavy(ctx, &name) {
+            big.push(name);
+        } else {
+            to_dump.push((name, expire_at_ms));
+        }
+    }
     let db = task.db;
     task.big
         .extend(big.into_iter().map(|name| BigKey::new(db, name)));

@@ -732,6 +732,31 @@ def test_big_collections_move_in_pieces_with_their_ttls_and_the_destinations_rep
                timeout=30, what="the destination's replica identical to it")
 
 
+def test_a_collection_of_few_but_big_items_moves_in_pieces_too(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    heavy_hash, heavy_list, light = [f"{{{k}}}:{kind}" for k, kind in zip(
+        keys_in(LOW, HIGH, "heavy", 3), ("hash", "list", "light"))]
+    # 200 items of 50 KB: 10 MB in all, more than a DUMP should copy at once.
+    for start in range(0, 200, 50):
+        c.hset(heavy_hash, mapping={f"f{i}": f"{i:05d}" + "h" * 50_000 for i in range(start, start + 50)})
+        c.rpush(heavy_list, *[f"{i:05d}" + "l" * 50_000 for i in range(start, start + 50)])
+    c.hset(light, mapping={f"f{i}": i for i in range(500)})  # 500 small items: whole
+    c.expire(heavy_list, 3600)
+    names = [heavy_hash, heavy_list, light]
+    before = snapshot(c, names)
+    move_and_commit(src, dst)
+    after = snapshot(dst.client(), names)
+    for k in names:
+        assert after[k][0] == before[k][0], k
+        assert same_ttl(before[k][1], after[k][1]), k
+    # Pieces hold at most 1 MB (and one item more): at least ten for each heavy key, none for
+    # the light one.
+    assert c.info("umcluster")["umcluster_migration_pieces"] >= 20
+    assert c.dbsize() == 0
+
+
 def test_a_big_collection_refused_midway_starts_over_and_arrives_exact(servers):
     src = servers.start()
     dst = servers.start(extra_args=["--maxmemory-policy", "noeviction"])
