@@ -732,6 +732,39 @@ def test_big_collections_move_in_pieces_with_their_ttls_and_the_destinations_rep
                timeout=30, what="the destination's replica identical to it")
 
 
+def test_clients_reading_a_big_collection_while_it_moves_never_see_a_part_of_it(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    n = 20 * PIECE_ITEMS
+    h, lst = [f"{{{k}}}:{kind}" for k, kind in zip(keys_in(LOW, HIGH, "readbig", 2), ("hash", "list"))]
+    for start in range(0, n, 1000):
+        c.hset(h, mapping={f"f{i}": i for i in range(start, start + 1000)})
+        c.rpush(lst, *range(start, start + 1000))
+    wrong = []
+
+    def step(cc, i):
+        j = (i * 7919) % n
+        got = (cc.hlen(h), cc.hget(h, f"f{j}"), cc.llen(lst), cc.lindex(lst, j))
+        if got != (n, str(j), n, str(j)):
+            wrong.append((i, got))
+
+    with ClusterLoad(src, step) as load:
+        wait_until(lambda: load.steps > 20, timeout=20, what="reads running")
+        before = load.steps
+        # Ticks 20 ms apart: the two keys' 40 pieces take about a second to go.
+        push_migrating(2, src, dst, config=("migration_scan_interval", 20000))
+        wait_until(lambda: task_done(src), timeout=120, what="migration done under reads")
+        during = load.steps - before
+        push_committed(3, src, dst)
+        wait_until(lambda: load.steps > before + during + 20, timeout=20, what="reads after the commit")
+    assert load.errors == [], load.errors[:5]
+    assert wrong == [], wrong[:5]
+    assert during > 50, f"only {during} reads overlapped the move"
+    assert c.info("umcluster")["umcluster_migration_pieces"] >= 40
+    assert c.dbsize() == 0
+
+
 def test_a_collection_of_few_but_big_items_moves_in_pieces_too(servers):
     src, dst = servers.start_many(2)
     push_stable(1, src, dst)
