@@ -1063,6 +1063,35 @@ def test_batches_a_failed_destination_may_have_received_stay_fenced_and_are_sent
     assert src.client().dbsize() == 0
 
 
+def test_a_big_collection_whose_destination_dies_midway_starts_over(servers):
+    src, dst = servers.start_many(2)
+    push_stable(1, src, dst)
+    c = src.client()
+    lst = keys_in(LOW, HIGH, "dies", 1)[0]
+    n = 50 * PIECE_ITEMS  # 5 MB: more than the 4 MB the mover keeps on their way
+    for start in range(0, n, 1000):
+        c.rpush(lst, *[f"{i:06d}" + "y" * 94 for i in range(start, start + 1000)])
+    expected = c.lrange(lst, 0, -1)
+    dst_port = dst.port
+    open_with_paused_destination(src, dst, 60_000)
+    wait_fenced(src, lst)
+    wait_until(lambda: c.info("umcluster")["umcluster_migration_pieces"] >= 3, timeout=10,
+               what="pieces on their way")
+    # The destination dies with pieces written to it and unanswered.
+    dst.stop()
+    wait_until(lambda: any(t["state"] == "retrying" for t in migrations(src)), timeout=20,
+               what="source noticed the destination is gone")
+    with RawConnection(src.port) as r:
+        assert r.call("RPUSH", lst, "late") == TRYAGAIN
+        assert r.call("LLEN", lst) == n
+    dst.start(port=dst_port)
+    push_migrating(3, src, dst)
+    wait_until(lambda: task_done(src), timeout=60, what="migration done after the destination came back")
+    push_committed(4, src, dst)
+    assert dst.client().lrange(lst, 0, -1) == expected
+    assert c.dbsize() == 0
+
+
 def test_a_destination_that_requires_a_password_gets_the_sources_masterauth(servers):
     src, dst = servers.start_many(2)
     dst.client().config_set("requirepass", "s3cret")
