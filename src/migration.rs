@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::reply::Reply;
 use crate::topology::{GroupKind, MigrationMeta, SlotRange, Topology};
-use crate::transfer::{Batch, Collection, Link, Payload};
+use crate::transfer::{Batch, Collection, Link, Payload, StreamId};
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +72,8 @@ pub struct BigKey {
     pub cursor: Option<ScanCursor>,
     /// Position in a list.
     pub next_index: i64,
+    /// Position in a stream: the id the next piece starts at.
+    pub next_id: StreamId,
     /// Pieces read so far.
     pub pieces: u32,
 }
@@ -84,6 +86,7 @@ impl BigKey {
             of: None,
             cursor: None,
             next_index: 0,
+            next_id: StreamId { ms: 0, seq: 0 },
             pieces: 0,
         }
     }
@@ -868,12 +871,14 @@ mod tests {
         let mut job = BigKey::new(2, b"big2".to_vec());
         job.of = Some(Collection::List);
         job.next_index = 5;
+        job.next_id = StreamId { ms: 9, seq: 1 };
         job.pieces = 2;
         job.restart();
         assert_eq!(
             (job.db, &job.name[..], job.of, job.next_index, job.pieces),
             (2, &b"big2"[..], None, 0, 0)
         );
+        assert_eq!(job.next_id, StreamId { ms: 0, seq: 0 });
     }
 
     #[test]

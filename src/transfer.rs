@@ -62,6 +62,10 @@ pub enum Collection {
     Zset,
     /// Elements in order, appended at the tail.
     List,
+    /// Entries in order, each its id (`ms-seq`), its field count and its fields and values; the
+    /// last piece starts with the stream's last generated id, entries added and largest deleted
+    /// id (see [`StreamPiece`]). Only streams without consumer groups move in pieces.
+    Stream,
 }
 
 impl Collection {
@@ -71,6 +75,7 @@ impl Collection {
             Collection::Set => b's',
             Collection::Zset => b'z',
             Collection::List => b'l',
+            Collection::Stream => b'x',
         }
     }
 
@@ -80,6 +85,7 @@ impl Collection {
             b's' => Collection::Set,
             b'z' => Collection::Zset,
             b'l' => Collection::List,
+            b'x' => Collection::Stream,
             _ => return None,
         })
     }
@@ -88,7 +94,7 @@ impl Collection {
     pub fn arity(self) -> usize {
         match self {
             Collection::Hash | Collection::Zset => 2,
-            Collection::Set | Collection::List => 1,
+            Collection::Set | Collection::List | Collection::Stream => 1,
         }
     }
 }
@@ -105,6 +111,88 @@ pub struct Piece {
     pub last: bool,
     /// The elements, each as a 4-byte little-endian length and its bytes ([`pack_element`]).
     pub elements: Vec<u8>,
+}
+
+/// A stream entry's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// `ms-seq`, as the server writes it.
+    pub fn parse(text: &[u8]) -> Option<StreamId> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (ms, seq) = text.split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return None;
+        }
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    pub fn text(self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+
+    /// The smallest id after this one (`None` after the largest).
+    pub fn next(self) -> Option<StreamId> {
+        match self.seq.checked_add(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => self.ms.checked_add(1).map(|ms| StreamId { ms, seq: 0 }),
+        }
+    }
+}
+
+/// One entry of a stream piece: its id and its fields and values, alternating.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamEntry<'a> {
+    pub id: StreamId,
+    pub fields: &'a [&'a [u8]],
+}
+
+/// A stream piece's elements, read: the stream's state (last generated id, entries added,
+/// largest deleted id, as `XSETID` takes them) on the last piece, and the entries in increasing
+/// id order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamPiece<'a> {
+    pub state: Option<[&'a [u8]; 3]>,
+    pub entries: Vec<StreamEntry<'a>>,
+}
+
+/// Reads a stream piece's elements; `None` unless they are exactly what the mover writes
+/// (well-formed ids in increasing order, field counts that match, at least one field each).
+pub fn read_stream_piece<'a>(elements: &'a [&'a [u8]], last: bool) -> Option<StreamPiece<'a>> {
+    let (state, mut rest) = if last {
+        let (head, rest) = elements.split_first_chunk::<3>()?;
+        StreamId::parse(head[0])?;
+        std::str::from_utf8(head[1]).ok()?.parse::<u64>().ok()?;
+        StreamId::parse(head[2])?;
+        (Some(*head), rest)
+    } else {
+        (None, elements)
+    };
+    let mut entries = Vec::new();
+    while let [id, count, tail @ ..] = rest {
+        let id = StreamId::parse(id)?;
+        if entries.last().is_some_and(|e: &StreamEntry| e.id >= id) {
+            return None;
+        }
+        let count: usize = std::str::from_utf8(count).ok()?.parse().ok()?;
+        if count == 0 || tail.len() < 2 * count {
+            return None;
+        }
+        entries.push(StreamEntry {
+            id,
+            fields: &tail[..2 * count],
+        });
+        rest = &tail[2 * count..];
+    }
+    rest.is_empty().then_some(StreamPiece { state, entries })
 }
 
 /// Appends one element to a piece's packed elements.
@@ -862,7 +950,7 @@ mod tests {
             b"S05",
             b"P",
             b"Ph",
-            b"Px1",
+            b"Pq1",
             b"Ph4",
             b"Ph15",
             b"Pl25x",
@@ -891,6 +979,86 @@ mod tests {
         }
         assert_eq!(unpack_elements(&[9, 0, 0, 0, 1], Collection::Set), None);
         assert_eq!(unpack_elements(&[0xff; 4], Collection::Set), None);
+    }
+
+    #[test]
+    fn stream_pieces_are_read_exactly_as_written_or_refused() {
+        let el: Vec<&[u8]> = vec![
+            b"5-0", b"1", b"f", b"v", b"5-1", b"2", b"a", b"1", b"b", b"",
+        ];
+        let piece = read_stream_piece(&el, false).expect("a middle piece");
+        assert_eq!(piece.state, None);
+        assert_eq!(
+            piece
+                .entries
+                .iter()
+                .map(|e| (e.id, e.fields.len()))
+                .collect::<Vec<_>>(),
+            vec![
+                (StreamId { ms: 5, seq: 0 }, 2),
+                (StreamId { ms: 5, seq: 1 }, 4)
+            ]
+        );
+        let mut last: Vec<&[u8]> = vec![b"9-3", b"12", b"5-2"];
+        last.extend_from_slice(&el);
+        let piece = read_stream_piece(&last, true).expect("a last piece");
+        assert_eq!(piece.state, Some([&b"9-3"[..], b"12", b"5-2"]));
+        assert_eq!(piece.entries.len(), 2);
+        assert!(
+            read_stream_piece(&[b"0-0", b"0", b"0-0"], true).is_some_and(|p| p.entries.is_empty())
+        );
+        for bad in [
+            vec![&b"5-0"[..], b"1", b"f"], // a field without its value
+            vec![b"5-0", b"0"],            // no fields
+            vec![b"5-1", b"1", b"f", b"v", b"5-1", b"1", b"f", b"v"], // ids not increasing
+            vec![b"5", b"1", b"f", b"v"],  // not an id
+            vec![b"5-x", b"1", b"f", b"v"],
+            vec![b"-5-1", b"1", b"f", b"v"],
+            vec![b"5-0", b"one", b"f", b"v"],
+            vec![b"5-0"],
+        ] {
+            assert_eq!(read_stream_piece(&bad, false), None, "{bad:?}");
+        }
+        // A last piece needs its three state fields, well formed.
+        assert_eq!(read_stream_piece(&el, true), None);
+        assert_eq!(read_stream_piece(&[b"9-3", b"x", b"5-2"], true), None);
+    }
+
+    #[test]
+    fn stream_ids_parse_print_and_step() {
+        let id = StreamId::parse(b"1700000000000-7").unwrap();
+        assert_eq!(id.text(), "1700000000000-7");
+        assert_eq!(
+            id.next(),
+            Some(StreamId {
+                ms: 1_700_000_000_000,
+                seq: 8
+            })
+        );
+        let top = StreamId {
+            ms: 3,
+            seq: u64::MAX,
+        };
+        assert_eq!(top.next(), Some(StreamId { ms: 4, seq: 0 }));
+        assert_eq!(
+            StreamId {
+                ms: u64::MAX,
+                seq: u64::MAX
+            }
+            .next(),
+            None
+        );
+        for bad in [
+            &b""[..],
+            b"5",
+            b"5-",
+            b"-5",
+            b"5-1-2",
+            b"a-1",
+            b"18446744073709551616-0",
+        ] {
+            assert_eq!(StreamId::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! checked or redirected, so a replica replays exactly what its master did.
 //!
 //! Pieces of big collections (`P` entries, see `transfer::Piece`) are applied with the
-//! collection's own command; the first piece of a key replaces whatever it held, the last sets
-//! its expiry.
+//! collection's own command (a stream's entries with their ids, its state with `XSETID`); the
+//! first piece of a key replaces whatever it held, the last sets its expiry.
 //!
 //! Expiry: a key whose absolute expiry has passed when a master applies it is deleted instead
 //! (as `RESTORE ... ABSTTL` does), and the command is propagated with that entry turned into a
@@ -30,7 +30,9 @@ use crate::resp::{itoa, Value};
 use crate::router::SlotRoute;
 use crate::slot::key_slot;
 use crate::state::{self, State};
-use crate::transfer::{parse_import_spec, unpack_elements, Collection, ImportKind, IMPORT_COMMAND};
+use crate::transfer::{
+    parse_import_spec, read_stream_piece, unpack_elements, Collection, ImportKind, IMPORT_COMMAND,
+};
 
 /// Flags of `umcluster.import`: a write (refused on a read-only replica and under OOM like
 /// `RESTORE`), not from scripts.
@@ -84,9 +86,12 @@ unsafe fn parse(args: &[*mut raw::RedisModuleString]) -> Result<(i32, Vec<Entry>
     for first in (2..args.len()).step_by(3) {
         let (kind, expire_at_ms) = parse_import_spec(string_bytes(args[first + 1], &mut buf))
             .ok_or("ERR umcluster.import: invalid entry spec")?;
-        if let ImportKind::Piece { of, .. } = kind {
-            unpack_elements(string_bytes(args[first + 2], &mut buf), of)
+        if let ImportKind::Piece { of, last, .. } = kind {
+            let elements = unpack_elements(string_bytes(args[first + 2], &mut buf), of)
                 .ok_or("ERR umcluster.import: invalid piece")?;
+            if of == Collection::Stream && read_stream_piece(&elements, last).is_none() {
+                return Err("ERR umcluster.import: invalid stream piece".into());
+            }
         }
         entries.push(Entry {
             key: first,
@@ -190,7 +195,7 @@ unsafe fn import(
                 }
             }
             ImportKind::Piece { of, first, last } => {
-                if let Err(text) = apply_piece(ctx, name, args[e.value], of, first) {
+                if let Err(text) = apply_piece(ctx, name, args[e.value], of, first, last) {
                     refused = Some((n, text));
                     break;
                 }
@@ -236,6 +241,7 @@ unsafe fn apply_piece(
     packed: *mut raw::RedisModuleString,
     of: Collection,
     first: bool,
+    last: bool,
 ) -> Result<(), String> {
     if first {
         let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_WRITE as c_int);
@@ -251,10 +257,14 @@ unsafe fn apply_piece(
     // Checked when the command was parsed.
     let elements = unpack_elements(string_bytes(packed, &mut buf), of)
         .ok_or("ERR umcluster.import: invalid piece")?;
+    if of == Collection::Stream {
+        return apply_stream_piece(ctx, name, &elements, last);
+    }
     if elements.is_empty() {
         return Ok(());
     }
     let command = match of {
+        Collection::Stream => return Ok(()),
         Collection::Hash => c"HSET",
         Collection::Set => c"SADD",
         Collection::Zset => c"ZADD",
@@ -285,6 +295,78 @@ unsafe fn apply_piece(
         Ok(Value::Error(text)) | Err(text) => Err(text),
         Ok(_) => Ok(()),
     }
+}
+
+/// A stream's piece: its entries added with their ids (`RedisModule_StreamAdd`), and on the last
+/// piece the stream's state set as the source had it (`XSETID ... ENTRIESADDED ... MAXDELETEDID`),
+/// so that new ids, `XINFO` and consumer groups created later see the same stream.
+unsafe fn apply_stream_piece(
+    ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    elements: &[&[u8]],
+    last: bool,
+) -> Result<(), String> {
+    // Checked when the command was parsed.
+    let piece =
+        read_stream_piece(elements, last).ok_or("ERR umcluster.import: invalid stream piece")?;
+    if !piece.entries.is_empty() {
+        let key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_WRITE as c_int);
+        let mut refused = None;
+        for entry in &piece.entries {
+            let mut argv: Vec<_> = entry
+                .fields
+                .iter()
+                .map(|f| rm!(RedisModule_CreateString)(ctx, f.as_ptr().cast(), f.len()))
+                .collect();
+            let mut id = raw::RedisModuleStreamID {
+                ms: entry.id.ms,
+                seq: entry.id.seq,
+            };
+            let added = rm!(RedisModule_StreamAdd)(
+                key,
+                0,
+                &mut id,
+                argv.as_mut_ptr(),
+                (argv.len() / 2) as i64,
+            );
+            for s in argv {
+                rm!(RedisModule_FreeString)(ctx, s);
+            }
+            if added != raw::REDISMODULE_OK as c_int {
+                refused = Some(format!(
+                    "ERR umcluster.import: stream entry {} refused: {}",
+                    entry.id.text(),
+                    std::io::Error::last_os_error()
+                ));
+                break;
+            }
+        }
+        rm!(RedisModule_CloseKey)(key);
+        if let Some(text) = refused {
+            return Err(text);
+        }
+        notify(ctx, name, c"xadd");
+    }
+    if let Some([last_id, added, max_deleted]) = piece.state {
+        let mut key_name = [0u8; 24];
+        let key = string_bytes(name, &mut key_name).to_vec();
+        let reply = call::call(
+            ctx,
+            "XSETID",
+            &[
+                &key,
+                last_id,
+                b"ENTRIESADDED",
+                added,
+                b"MAXDELETEDID",
+                max_deleted,
+            ],
+        );
+        if let Ok(Value::Error(text)) | Err(text) = reply {
+            return Err(text);
+        }
+    }
+    Ok(())
 }
 
 /// What `RESTORE` and `DEL` tell the rest of the server about a key.

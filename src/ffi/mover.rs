@@ -30,16 +30,17 @@
 //! (`ASK`).
 //!
 //! Big collections: a hash, set, sorted set or list of more than [`PIECE_ITEMS`] items, or of
-//! more than [`WEIGH_ITEMS`] that takes more than [`HEAVY_BYTES`], moves in pieces (see
-//! [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey` or list
-//! indexes — instead of one `DUMP`, which would hold this loop for its serialization and the
+//! more than [`WEIGH_ITEMS`] that takes more than [`HEAVY_BYTES`], and a stream of more than
+//! [`PIECE_ITEMS`] entries without consumer groups, moves in pieces (see
+//! [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey`, list indexes, the
+//! stream iterator — instead of one `DUMP`, which would hold this loop for its serialization and the
 //! destination's for its `RESTORE` (a million fields: about 0.7 s each). The key stays fenced
 //! from the scan that meets it until its last piece is acknowledged; a failed link makes it start
 //! over from the first piece, which replaces what the destination holds of it. Acknowledged keys
 //! are unlinked (a big value is freed by the server's lazy-free thread).
 //!
 //! A huge key otherwise: strings are copied on the main thread (a memory copy, about 10 ms for
-//! 100 MB); streams and module types are serialized by the server's `DUMP`, which holds the loop
+//! 100 MB); streams with consumer groups and module types are serialized by the server's `DUMP`, which holds the loop
 //! for as long as it takes (and the destination's `RESTORE` holds the destination's).
 
 use std::cell::Cell;
@@ -61,7 +62,7 @@ use crate::slot::key_slot;
 use crate::state::{self, State};
 use crate::transfer::{
     pack_element, Batch, Collection, Delivery, Entry, Event, Link, LinkConfig, Payload, Piece,
-    IMPORT_COMMAND,
+    StreamId, IMPORT_COMMAND,
 };
 
 /// Most keys in one batch.
@@ -509,7 +510,8 @@ fn pieces_allowed(pipe: &Pipeline) -> bool {
 /// sorted set or list of more than [`PIECE_ITEMS`] items. (Streams and module types go whole,
 /// by `DUMP`.)
 unsafe fn big_collection(key: *mut raw::RedisModuleKey) -> Option<Collection> {
-    collection_kind(key).filter(|_| rm!(RedisModule_ValueLength)(key) > PIECE_ITEMS)
+    collection_kind(key)
+        .filter(|of| *of != Collection::Stream && rm!(RedisModule_ValueLength)(key) > PIECE_ITEMS)
 }
 
 /// Items above which a collection with few of them is weighed ([`heavy`]): below, the server
@@ -520,19 +522,63 @@ const WEIGH_ITEMS: usize = 64;
 /// pieces too (its `DUMP` would copy, and try to compress, all of it at once).
 const HEAVY_BYTES: i64 = 4 << 20;
 
-/// Whether an open key is a collection of few items (at most [`PIECE_ITEMS`]) but more than
-/// [`WEIGH_ITEMS`]: big elements could make it big.
-unsafe fn worth_weighing(key: *mut raw::RedisModuleKey) -> bool {
-    collection_kind(key).is_some() && rm!(RedisModule_ValueLength)(key) > WEIGH_ITEMS
+/// Whether an open key may move in pieces, to be decided by [`goes_in_pieces`] (which calls the
+/// server, so not inside its scan): a stream of more than [`PIECE_ITEMS`] entries, or another
+/// collection of at most that many items but more than [`WEIGH_ITEMS`] (big elements could make
+/// it big). Returns its kind.
+unsafe fn worth_weighing(key: *mut raw::RedisModuleKey) -> Option<Collection> {
+    let of = collection_kind(key)?;
+    let threshold = if of == Collection::Stream {
+        PIECE_ITEMS
+    } else {
+        WEIGH_ITEMS
+    };
+    (rm!(RedisModule_ValueLength)(key) > threshold).then_some(of)
 }
 
-/// Whether a collection takes more than [`HEAVY_BYTES`], by the server's `MEMORY USAGE` (which
-/// samples a few elements and extrapolates).
-unsafe fn heavy(ctx: *mut raw::RedisModuleCtx, name: &[u8]) -> bool {
+/// For a key [`worth_weighing`]: a stream goes in pieces unless it has consumer groups (their
+/// pending entries and consumers go only with a `DUMP`); another collection when it takes more
+/// than [`HEAVY_BYTES`] by the server's `MEMORY USAGE` (which samples a few elements).
+unsafe fn goes_in_pieces(ctx: *mut raw::RedisModuleCtx, name: &[u8], of: Collection) -> bool {
+    if of == Collection::Stream {
+        return stream_state(ctx, name).is_some();
+    }
     matches!(
         call::call(ctx, "MEMORY", &[b"USAGE", name, b"SAMPLES", b"16"]),
         Ok(Value::Int(bytes)) if bytes > HEAVY_BYTES
     )
+}
+
+/// A stream's last generated id, entries added and largest deleted id (`XINFO STREAM`), the
+/// last piece's header; `None` when it has consumer groups or cannot be read.
+unsafe fn stream_state(ctx: *mut raw::RedisModuleCtx, name: &[u8]) -> Option<[Vec<u8>; 3]> {
+    let pairs: Vec<(Value, Value)> = match call::call(ctx, "XINFO", &[b"STREAM", name]).ok()? {
+        Value::Array(items) => {
+            let mut it = items.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+        }
+        Value::Map(pairs) => pairs,
+        _ => return None,
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.as_bytes() == Some(name.as_bytes()))
+            .map(|(_, v)| v)
+    };
+    if !matches!(field("groups"), Some(Value::Int(0))) {
+        return None;
+    }
+    let text = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => Some(n.to_string().into_bytes()),
+        Some(v) => v.as_bytes().map(<[u8]>::to_vec),
+        None => None,
+    };
+    Some([
+        text(field("last-generated-id"))?,
+        text(field("entries-added"))?,
+        text(field("max-deleted-entry-id"))?,
+    ])
 }
 
 /// The kind of collection an open key holds, if it is one that can move in pieces.
@@ -545,6 +591,7 @@ unsafe fn collection_kind(key: *mut raw::RedisModuleKey) -> Option<Collection> {
         raw::REDISMODULE_KEYTYPE_SET => Collection::Set,
         raw::REDISMODULE_KEYTYPE_ZSET => Collection::Zset,
         raw::REDISMODULE_KEYTYPE_LIST => Collection::List,
+        raw::REDISMODULE_KEYTYPE_STREAM => Collection::Stream,
         _ => return None,
     })
 }
@@ -610,7 +657,7 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
         Some(of) if job.of.is_none() || job.of == Some(of) => {
             if job.of.is_none() {
                 job.of = Some(of);
-                if of != Collection::List {
+                if matches!(of, Collection::Hash | Collection::Set | Collection::Zset) {
                     job.cursor = Some(ScanCursor {
                         raw: rm!(RedisModule_ScanCursorCreate)().cast(),
                         destroy: destroy_cursor,
@@ -623,6 +670,7 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
                 items: 0,
             };
             let done = match (&job.cursor, of) {
+                (_, Collection::Stream) => read_stream_entries(ctx, key, job, &mut piece),
                 (_, Collection::List) => {
                     let len = rm!(RedisModule_ValueLength)(key) as i64;
                     while job.next_index < len && !piece.full() {
@@ -666,6 +714,20 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
     if !key.is_null() {
         rm!(RedisModule_CloseKey)(key);
     }
+    // A stream's last piece starts with the stream's state (read with the key closed: the call
+    // looks it up itself); one that has consumer groups by now goes whole.
+    let read = match read {
+        Some((Collection::Stream, entries, true, expire_at_ms)) => stream_state(ctx, &job.name)
+            .map(|state| {
+                let mut elements = Vec::with_capacity(64 + entries.len());
+                for part in &state {
+                    pack_element(part, &mut elements);
+                }
+                elements.extend_from_slice(&entries);
+                (Collection::Stream, elements, true, expire_at_ms)
+            }),
+        other => other,
+    };
     rm!(RedisModule_FreeString)(ctx, name);
     rm!(RedisModule_SelectDb)(ctx, previous_db);
 
@@ -709,6 +771,71 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
         },
     );
     true
+}
+
+/// Reads a stream's entries from the job's position into `piece` until it is full; whether the
+/// stream is read to its end (`None` if it cannot be iterated).
+unsafe fn read_stream_entries(
+    ctx: *mut raw::RedisModuleCtx,
+    key: *mut raw::RedisModuleKey,
+    job: &mut BigKey,
+    piece: &mut PieceCollect,
+) -> Option<bool> {
+    let mut start = raw::RedisModuleStreamID {
+        ms: job.next_id.ms,
+        seq: job.next_id.seq,
+    };
+    if rm!(RedisModule_StreamIteratorStart)(key, 0, &mut start, std::ptr::null_mut())
+        != raw::REDISMODULE_OK as c_int
+    {
+        return None;
+    }
+    let mut done = false;
+    while !piece.full() {
+        let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+        let mut fields: std::os::raw::c_long = 0;
+        if rm!(RedisModule_StreamIteratorNextID)(key, &mut id, &mut fields)
+            != raw::REDISMODULE_OK as c_int
+        {
+            done = true;
+            break;
+        }
+        let id = StreamId {
+            ms: id.ms,
+            seq: id.seq,
+        };
+        pack_element(id.text().as_bytes(), &mut piece.elements);
+        // `c_long` is 32 bits on some targets.
+        #[allow(clippy::useless_conversion)]
+        let (count, count_len) = crate::resp::itoa(i64::from(fields));
+        pack_element(&count[..count_len], &mut piece.elements);
+        let mut buf = [0u8; 24];
+        for _ in 0..fields {
+            let mut field = std::ptr::null_mut();
+            let mut value = std::ptr::null_mut();
+            if rm!(RedisModule_StreamIteratorNextField)(key, &mut field, &mut value)
+                != raw::REDISMODULE_OK as c_int
+            {
+                // Cannot happen after the entry's id; a piece that does not add up is refused
+                // by the destination, never applied in part.
+                break;
+            }
+            pack_element(string_bytes(field, &mut buf), &mut piece.elements);
+            pack_element(string_bytes(value, &mut buf), &mut piece.elements);
+            rm!(RedisModule_FreeString)(ctx, field);
+            rm!(RedisModule_FreeString)(ctx, value);
+        }
+        piece.items += 1;
+        match id.next() {
+            Some(next) => job.next_id = next,
+            None => {
+                done = true;
+                break;
+            }
+        }
+    }
+    rm!(RedisModule_StreamIteratorStop)(key);
+    Some(done)
 }
 
 /// Hands a batch to the task's link (its keys are fenced already).
@@ -977,10 +1104,10 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
             let mut split = false;
             if pieces_allowed(&task.pipe) {
                 split = big_collection(key).is_some();
-                if !split && worth_weighing(key) {
+                if let Some(of) = worth_weighing(key).filter(|_| !split) {
                     // Weighed with the key closed: the call looks it up itself.
                     rm!(RedisModule_CloseKey)(key);
-                    split = heavy(ctx, k);
+                    split = goes_in_pieces(ctx, k, of);
                     key = rm!(RedisModule_OpenKey)(ctx, name, raw::REDISMODULE_READ as c_int);
                 }
             }
@@ -1078,8 +1205,9 @@ struct Collect<'a> {
     arena: BytesMut,
     entries: Vec<Entry>,
     to_dump: Vec<(Vec<u8>, i64)>,
-    /// Collections to weigh before they are dumped: few items, maybe big ones.
-    to_weigh: Vec<(Vec<u8>, i64)>,
+    /// Collections to weigh before they are dumped (few items, maybe big ones) and big streams
+    /// (without consumer groups they go in pieces).
+    to_weigh: Vec<(Vec<u8>, i64, Collection)>,
     /// Big collections may go in pieces (the destination takes imports).
     split: bool,
     /// Big collections met, to move in pieces.
@@ -1144,8 +1272,8 @@ unsafe extern "C" fn scan_callback(
                 }
             } else if c.split && big_collection(key).is_some() {
                 c.big.push(name.to_vec());
-            } else if c.split && worth_weighing(key) {
-                c.to_weigh.push((name.to_vec(), expire_at_ms));
+            } else if let Some(of) = worth_weighing(key).filter(|_| c.split) {
+                c.to_weigh.push((name.to_vec(), expire_at_ms, of));
             } else {
                 // `DUMP` runs after the scan step, outside the server's iteration.
                 c.to_dump.push((name.to_vec(), expire_at_ms));
@@ -1218,8 +1346,8 @@ unsafe fn collect_batch(
         ..
     } = c;
     // Weighed outside the server's iteration (the call looks the key up).
-    for (name, expire_at_ms) in to_weigh {
-        if heavy(ctx, &name) {
+    for (name, expire_at_ms, of) in to_weigh {
+        if goes_in_pieces(ctx, &name, of) {
             big.push(name);
         } else {
             to_dump.push((name, expire_at_ms));
