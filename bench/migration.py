@@ -15,7 +15,7 @@ while two probes run against the source:
   back before the move and during it; the table gives the median rate of each phase.
 
 Reports seconds, keys/s, MB/s (value bytes: keys x size), longest stall, and throughput during vs
-before. Usage: bench/migration.py [--keys N | --hash-fields N] [--size BYTES] [--runs-before N] [--no-load]
+before. Usage: bench/migration.py [--keys N | --hash-fields N | --stream-entries N] [--size BYTES] [--runs-before N] [--no-load]
 [--clients N --pipeline P]
 (--no-load: no throughput runs during the move, to see the mover's own speed.)
 Needs the release build (`cargo build --release`), redis-server and redis-benchmark. Stops only
@@ -178,6 +178,9 @@ def main():
     ap.add_argument("--hash-fields", type=int, default=0,
                     help="instead of --keys strings, one hash of this many fields of --size bytes "
                          "(a huge key: it moves in pieces)")
+    ap.add_argument("--stream-entries", type=int, default=0,
+                    help="instead of --keys strings, one stream of this many one-field entries of --size "
+                         "bytes (no consumer groups: it moves in pieces)")
     ap.add_argument("--no-load", action="store_true",
                     help="no redis-benchmark during the move (the mover's speed alone; the PING probe still runs)")
     args = ap.parse_args()
@@ -198,7 +201,17 @@ def main():
         servers += [src, dst]
         subprocess.run([TOOL, "create", src.addr], check=True, capture_output=True)
         t = time.monotonic()
-        if args.hash_fields:
+        if args.stream_entries:
+            args.keys = 1
+            fill = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+                    "redis.call('XADD', KEYS[1], '*', 'f', string.rep('x', tonumber(ARGV[3]))) end")
+            for start in range(1, args.stream_entries + 1, 100_000):
+                end = min(args.stream_entries, start + 99_999)
+                cli(src.port, "EVAL", fill, "1", "bighash", str(start), str(end), str(args.size))
+            print(f"loaded 1 stream of {args.stream_entries:,} entries x {args.size} B in "
+                  f"{time.monotonic() - t:.1f}s, used_memory {used_memory(src.port) / 2**20:.0f} MiB",
+                  flush=True)
+        elif args.hash_fields:
             args.keys = 1
             fill = ("local n = tonumber(ARGV[2]) for i = tonumber(ARGV[1]), n do "
                     "redis.call('HSET', KEYS[1], 'field:' .. i, string.rep('x', tonumber(ARGV[3]))) end")
@@ -274,7 +287,7 @@ def main():
         moved = args.keys - stay
         left = int(cli(src.port, "DBSIZE"))
         on_dst = int(cli(dst.port, "DBSIZE"))
-        mb = (args.hash_fields or moved) * args.size / 1e6
+        mb = (args.stream_entries or args.hash_fields or moved) * args.size / 1e6
         rb, rd = statistics.median(before), (statistics.median(during) if during else 0.0)
         print()
         print(f"Slot migration, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
