@@ -183,14 +183,15 @@ pub fn read_stream_piece<'a>(elements: &'a [&'a [u8]], last: bool) -> Option<Str
             return None;
         }
         let count: usize = std::str::from_utf8(count).ok()?.parse().ok()?;
-        if count == 0 || tail.len() < 2 * count {
-            return None;
-        }
+        // Checked: a forged count must not overflow.
+        let fields = count
+            .checked_mul(2)
+            .filter(|n| *n > 0 && *n <= tail.len())?;
         entries.push(StreamEntry {
             id,
-            fields: &tail[..2 * count],
+            fields: &tail[..fields],
         });
-        rest = &tail[2 * count..];
+        rest = &tail[fields..];
     }
     rest.is_empty().then_some(StreamPiece { state, entries })
 }
@@ -1016,6 +1017,7 @@ mod tests {
             vec![b"-5-1", b"1", b"f", b"v"],
             vec![b"5-0", b"one", b"f", b"v"],
             vec![b"5-0"],
+            vec![b"5-0", b"9223372036854775808", b"f", b"v"], // a count that doubles past usize
         ] {
             assert_eq!(read_stream_piece(&bad, false), None, "{bad:?}");
         }
