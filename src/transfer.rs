@@ -23,6 +23,7 @@ use bytes::Bytes;
 use crc::{Crc, Table, CRC_64_REDIS};
 
 use crate::resp::{encode_command, itoa};
+use crate::topology::setcluster::parse_u64;
 
 /// The checksum `DUMP` payloads end with (Jones CRC-64, as the server computes it).
 const CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_REDIS);
@@ -123,15 +124,10 @@ pub struct StreamId {
 impl StreamId {
     /// `ms-seq`, as the server writes it.
     pub fn parse(text: &[u8]) -> Option<StreamId> {
-        let text = std::str::from_utf8(text).ok()?;
-        let (ms, seq) = text.split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return None;
-        }
+        let dash = text.iter().position(|&b| b == b'-')?;
         Some(StreamId {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
+            ms: parse_u64(&text[..dash])?,
+            seq: parse_u64(&text[dash + 1..])?,
         })
     }
 
@@ -170,7 +166,7 @@ pub fn read_stream_piece<'a>(elements: &'a [&'a [u8]], last: bool) -> Option<Str
     let (state, mut rest) = if last {
         let (head, rest) = elements.split_first_chunk::<3>()?;
         StreamId::parse(head[0])?;
-        std::str::from_utf8(head[1]).ok()?.parse::<u64>().ok()?;
+        parse_u64(head[1])?;
         StreamId::parse(head[2])?;
         (Some(*head), rest)
     } else {
@@ -182,7 +178,7 @@ pub fn read_stream_piece<'a>(elements: &'a [&'a [u8]], last: bool) -> Option<Str
         if entries.last().is_some_and(|e: &StreamEntry| e.id >= id) {
             return None;
         }
-        let count: usize = std::str::from_utf8(count).ok()?.parse().ok()?;
+        let count = usize::try_from(parse_u64(count)?).ok()?;
         // Checked: a forged count must not overflow.
         let fields = count
             .checked_mul(2)

@@ -257,19 +257,16 @@ unsafe fn apply_piece(
     // Checked when the command was parsed.
     let elements = unpack_elements(string_bytes(packed, &mut buf), of)
         .ok_or("ERR umcluster.import: invalid piece")?;
-    if of == Collection::Stream {
-        return apply_stream_piece(ctx, name, &elements, last);
-    }
-    if elements.is_empty() {
-        return Ok(());
-    }
     let command = match of {
-        Collection::Stream => return Ok(()),
+        Collection::Stream => return apply_stream_piece(ctx, name, &elements, last),
         Collection::Hash => c"HSET",
         Collection::Set => c"SADD",
         Collection::Zset => c"ZADD",
         Collection::List => c"RPUSH",
     };
+    if elements.is_empty() {
+        return Ok(());
+    }
     let mut argv = Vec::with_capacity(1 + elements.len());
     argv.push(name);
     let mut add = |bytes: &[u8]| {
@@ -348,6 +345,7 @@ unsafe fn apply_stream_piece(
         notify(ctx, name, c"xadd");
     }
     if let Some([last_id, added, max_deleted]) = piece.state {
+        // Once per stream: `call` copies its arguments, the key's name included.
         let mut key_name = [0u8; 24];
         let key = string_bytes(name, &mut key_name).to_vec();
         let reply = call::call(

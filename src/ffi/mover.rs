@@ -552,32 +552,18 @@ unsafe fn goes_in_pieces(ctx: *mut raw::RedisModuleCtx, name: &[u8], of: Collect
 /// A stream's last generated id, entries added and largest deleted id (`XINFO STREAM`), the
 /// last piece's header; `None` when it has consumer groups or cannot be read.
 unsafe fn stream_state(ctx: *mut raw::RedisModuleCtx, name: &[u8]) -> Option<[Vec<u8>; 3]> {
-    let pairs: Vec<(Value, Value)> = match call::call(ctx, "XINFO", &[b"STREAM", name]).ok()? {
-        Value::Array(items) => {
-            let mut it = items.into_iter();
-            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
-        }
-        Value::Map(pairs) => pairs,
-        _ => return None,
-    };
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k.as_bytes() == Some(name.as_bytes()))
-            .map(|(_, v)| v)
-    };
-    if !matches!(field("groups"), Some(Value::Int(0))) {
+    let info = call::call(ctx, "XINFO", &[b"STREAM", name]).ok()?;
+    if info.field("groups")?.as_int()? != 0 {
         return None;
     }
-    let text = |v: Option<&Value>| match v {
-        Some(Value::Int(n)) => Some(n.to_string().into_bytes()),
-        Some(v) => v.as_bytes().map(<[u8]>::to_vec),
-        None => None,
+    let text = |name: &str| match info.field(name)? {
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        v => v.as_bytes().map(<[u8]>::to_vec),
     };
     Some([
-        text(field("last-generated-id"))?,
-        text(field("entries-added"))?,
-        text(field("max-deleted-entry-id"))?,
+        text("last-generated-id")?,
+        text("entries-added")?,
+        text("max-deleted-entry-id")?,
     ])
 }
 
