@@ -201,24 +201,17 @@ def main():
         servers += [src, dst]
         subprocess.run([TOOL, "create", src.addr], check=True, capture_output=True)
         t = time.monotonic()
-        if args.stream_entries:
+        if args.stream_entries or args.hash_fields:
             args.keys = 1
-            fill = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
-                    "redis.call('XADD', KEYS[1], '*', 'f', string.rep('x', tonumber(ARGV[3]))) end")
-            for start in range(1, args.stream_entries + 1, 100_000):
-                end = min(args.stream_entries, start + 99_999)
-                cli(src.port, "EVAL", fill, "1", "bighash", str(start), str(end), str(args.size))
-            print(f"loaded 1 stream of {args.stream_entries:,} entries x {args.size} B in "
-                  f"{time.monotonic() - t:.1f}s, used_memory {used_memory(src.port) / 2**20:.0f} MiB",
-                  flush=True)
-        elif args.hash_fields:
-            args.keys = 1
-            fill = ("local n = tonumber(ARGV[2]) for i = tonumber(ARGV[1]), n do "
-                    "redis.call('HSET', KEYS[1], 'field:' .. i, string.rep('x', tonumber(ARGV[3]))) end")
-            for start in range(1, args.hash_fields + 1, 100_000):
-                end = min(args.hash_fields, start + 99_999)
-                cli(src.port, "EVAL", fill, "1", "bighash", str(start), str(end), str(args.size))
-            print(f"loaded 1 hash of {args.hash_fields:,} fields x {args.size} B in "
+            kind, count, add = (("stream", args.stream_entries, "'XADD', KEYS[1], '*', 'f'")
+                                if args.stream_entries else
+                                ("hash", args.hash_fields, "'HSET', KEYS[1], 'field:' .. i"))
+            fill = (f"for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+                    f"redis.call({add}, string.rep('x', tonumber(ARGV[3]))) end")
+            for first in range(1, count + 1, 100_000):
+                last = min(count, first + 99_999)
+                cli(src.port, "EVAL", fill, "1", "bigkey", str(first), str(last), str(args.size))
+            print(f"loaded 1 {kind} of {count:,} items x {args.size} B in "
                   f"{time.monotonic() - t:.1f}s, used_memory {used_memory(src.port) / 2**20:.0f} MiB",
                   flush=True)
         else:
