@@ -702,6 +702,12 @@ def fill_big_collections(client, prefix, n):
     return names
 
 
+def fill_big_list(client, k, n):
+    """n distinct 100-byte elements (their index, padded), pushed 1,000 at a time."""
+    for start in range(0, n, 1000):
+        client.rpush(k, *[f"{i:06d}" + "x" * 94 for i in range(start, min(n, start + 1000))])
+
+
 def test_big_collections_move_in_pieces_with_their_ttls_and_the_destinations_replica_follows(servers):
     src, dst, dst_rep = servers.start_many(3)
     push_stable(1, src, dst)
@@ -839,8 +845,7 @@ def test_a_big_collection_refused_midway_starts_over_and_arrives_exact(servers):
     c = src.client()
     n = 20 * PIECE_ITEMS
     lst = keys_in(LOW, HIGH, "biglist", 1)[0]
-    for start in range(0, n, 1000):
-        c.rpush(lst, *[f"{i:06d}" + "x" * 94 for i in range(start, start + 1000)])
+    fill_big_list(c, lst, n)
     expected = c.lrange(lst, 0, -1)
     # Room for a part of the list (2 MB in all, pieces of 100 KB) on the destination, then OOM.
     used = dst.client().info("memory")["used_memory"]
@@ -1111,8 +1116,7 @@ def test_a_big_collection_whose_destination_dies_midway_starts_over(servers):
     c = src.client()
     lst = keys_in(LOW, HIGH, "dies", 1)[0]
     n = 50 * PIECE_ITEMS  # 5 MB: more than the 4 MB the mover keeps on their way
-    for start in range(0, n, 1000):
-        c.rpush(lst, *[f"{i:06d}" + "y" * 94 for i in range(start, start + 1000)])
+    fill_big_list(c, lst, n)
     expected = c.lrange(lst, 0, -1)
     dst_port = dst.port
     open_with_paused_destination(src, dst, 60_000)
