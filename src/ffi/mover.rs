@@ -33,15 +33,16 @@
 //! more than [`WEIGH_ITEMS`] that takes more than [`HEAVY_BYTES`], and a stream of more than
 //! [`PIECE_ITEMS`] entries without consumer groups, moves in pieces (see
 //! [`crate::transfer::Piece`]) read across ticks — `RedisModule_ScanKey`, list indexes, the
-//! stream iterator — instead of one `DUMP`, which would hold this loop for its serialization and the
-//! destination's for its `RESTORE` (a million fields: about 0.7 s each). The key stays fenced
+//! stream iterator — instead of one `DUMP`, which would hold this loop for its serialization
+//! and the destination's for its `RESTORE` (a million fields: about 0.7 s each). The key stays fenced
 //! from the scan that meets it until its last piece is acknowledged; a failed link makes it start
 //! over from the first piece, which replaces what the destination holds of it. Acknowledged keys
 //! are unlinked (a big value is freed by the server's lazy-free thread).
 //!
 //! A huge key otherwise: strings are copied on the main thread (a memory copy, about 10 ms for
-//! 100 MB); streams with consumer groups and module types are serialized by the server's `DUMP`, which holds the loop
-//! for as long as it takes (and the destination's `RESTORE` holds the destination's).
+//! 100 MB); streams with consumer groups and module types are serialized by the server's
+//! `DUMP`, which holds the loop for as long as it takes (and the destination's `RESTORE` holds
+//! the destination's).
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -506,15 +507,15 @@ fn pieces_allowed(pipe: &Pipeline) -> bool {
     pipe.delivery == Delivery::Import
 }
 
-/// The collection an open key holds, if it is one that moves in pieces when big: a hash, set,
-/// sorted set or list of more than [`PIECE_ITEMS`] items. (Streams and module types go whole,
-/// by `DUMP`.)
+/// The collection an open key holds, if it moves in pieces for its item count alone: a hash,
+/// set, sorted set or list of more than [`PIECE_ITEMS`] items. (A big stream is looked at
+/// first, see [`worth_weighing`]; module types go whole, by `DUMP`.)
 unsafe fn big_collection(key: *mut raw::RedisModuleKey) -> Option<Collection> {
     collection_kind(key)
         .filter(|of| *of != Collection::Stream && rm!(RedisModule_ValueLength)(key) > PIECE_ITEMS)
 }
 
-/// Items above which a collection with few of them is weighed ([`heavy`]): below, the server
+/// Items above which a collection with few of them is weighed ([`goes_in_pieces`]): below, the server
 /// keeps it compact (listpack, intset: 128 entries of at most 64 bytes by default) unless its
 /// elements are long, and a few long elements are what a `DUMP` copies quickly enough.
 const WEIGH_ITEMS: usize = 64;
