@@ -68,6 +68,9 @@ pub enum Role {
     /// `PUBLISH`: once a topology is in force the module runs it and forwards the message to
     /// the other masters (see `pubsub`).
     Publish,
+    /// The module's `u.r`, sent as such (by hand, or a renamed command the server runs again
+    /// after a pause): the filter forgets the redirect it may have handed over.
+    QuickRedirect,
 }
 
 /// Where a command's keys are.
@@ -800,6 +803,7 @@ fn parse_entry(item: &Value) -> Result<CommandEntry, String> {
         b"reset" => Role::Reset,
         b"info" => Role::Info,
         b"publish" => Role::Publish,
+        b"u.r" => Role::QuickRedirect,
         _ => Role::Plain,
     };
 

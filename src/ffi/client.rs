@@ -127,7 +127,7 @@ pub fn current() -> Caller {
 /// `server.current_client`: the client executing the command, a live client struct (its `id`
 /// and `flags` first), or null when there is none or identity is off.
 #[inline(always)]
-fn current_client() -> *const u64 {
+pub fn current_client() -> *const u64 {
     let at = CURRENT_CLIENT_AT.load(Ordering::Relaxed);
     if at.is_null() {
         return std::ptr::null();
@@ -140,13 +140,20 @@ fn current_client() -> *const u64 {
 /// link, not the AOF, not in `MULTI` (false when identity is off or there is no client).
 #[inline(always)]
 pub fn current_is_plain_client() -> bool {
-    let client = current_client();
-    // SAFETY: a live client struct (see `current_client`).
+    // SAFETY: read from `current_client`.
+    unsafe { is_plain_client(current_client()) }
+}
+
+/// [`current_is_plain_client`] for `client`, read from [`current_client`].
+///
+/// # Safety
+/// `client` must come from [`current_client`], in the same command.
+#[inline(always)]
+pub unsafe fn is_plain_client(client: *const u64) -> bool {
+    // A live client struct (see `current_client`).
     !client.is_null()
-        && unsafe {
-            std::ptr::read(client) != AOF_CLIENT_ID
-                && std::ptr::read(client.add(1)) & (flags::MASTER | flags::MULTI) == 0
-        }
+        && std::ptr::read(client) != AOF_CLIENT_ID
+        && std::ptr::read(client.add(1)) & (flags::MASTER | flags::MULTI) == 0
 }
 
 /// Whether the client a module command's context names is a script's (a `redis.call`).
@@ -198,6 +205,16 @@ pub fn locate_server_symbol() -> bool {
     }
 }
 
+/// The client a module command's context names (its third word), unchecked: only to compare
+/// with a client read from `server.current_client` (equal, they are the same live client).
+///
+/// # Safety
+/// `ctx` must be the context the server passed to a module command.
+#[inline(always)]
+pub unsafe fn ctx_client_word(ctx: *mut raw::RedisModuleCtx) -> *const u64 {
+    *(ctx as *const *const u64).add(2)
+}
+
 /// The client a module command's context names (its third word), once its id is the one
 /// `RedisModule_GetClientId` gives; `None` otherwise.
 ///
@@ -205,7 +222,7 @@ pub fn locate_server_symbol() -> bool {
 /// `ctx` must be the context the server passed to a module command.
 unsafe fn ctx_client(ctx: *mut raw::RedisModuleCtx) -> Option<*const u64> {
     let get_id = raw::RedisModule_GetClientId?;
-    let client = *(ctx as *const *const u64).add(2);
+    let client = ctx_client_word(ctx);
     if client.is_null() {
         return None;
     }

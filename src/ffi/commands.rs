@@ -45,7 +45,7 @@ type RawCommand =
 /// command categories: there the user needs the commands granted by name (see the README).
 fn acl_categories(name: &[u8]) -> Option<&'static std::ffi::CStr> {
     match name {
-        b"umcluster.redirect" => Some(c"read"),
+        b"umcluster.redirect" | b"u.r" => Some(c"read"),
         b"umcluster.asking" | b"umcluster.readonly" | b"umcluster.readwrite" => Some(c"connection"),
         b"umcluster.cluster" => Some(c"slow"),
         b"umcluster.info" => Some(c"slow dangerous"),
@@ -141,7 +141,49 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         }
         set_acl_categories(ctx, &cname);
     }
+    register_quick_redirect(ctx);
     Ok(())
+}
+
+/// Registers [`filter::QUICK_REDIRECT_COMMAND`] and turns on the filter's renaming in place.
+/// Optional: if the name is taken or this server's strings look different, redirects go
+/// through `umcluster.redirect` alone (a few hundred instructions more each) and the log says
+/// so.
+///
+/// # Safety
+/// `ctx` must be the context passed to `RedisModule_OnLoad`.
+unsafe fn register_quick_redirect(ctx: *mut raw::RedisModuleCtx) {
+    let Ok(name) = CString::new(filter::QUICK_REDIRECT_COMMAND) else {
+        return;
+    };
+    let Ok(flags) = CString::new(REDIRECT_FLAGS) else {
+        return;
+    };
+    let status = rm!(RedisModule_CreateCommand)(
+        ctx,
+        name.as_ptr(),
+        Some(quick_redirect_command),
+        flags.as_ptr(),
+        0,
+        0,
+        0,
+    );
+    if status != raw::REDISMODULE_OK as c_int {
+        log_warning(&format!(
+            "umcluster: cannot register {}: redirects go through {} only",
+            filter::QUICK_REDIRECT_COMMAND,
+            filter::REDIRECT_COMMAND
+        ));
+        return;
+    }
+    set_acl_categories(ctx, &name);
+    if !filter::enable_quick_rename() {
+        log_warning(&format!(
+            "umcluster: this server's strings do not have the expected layout: redirects go \
+             through {} only",
+            filter::REDIRECT_COMMAND
+        ));
+    }
 }
 
 /// `UMCTL` as a container of native subcommands (`umctl|setcluster` ...), so ACLs can grant them
@@ -634,6 +676,58 @@ extern "C" fn redirect_command(
     }
 }
 
+/// `u.r <key> ...` ([`filter::QUICK_REDIRECT_COMMAND`]): what a command whose key is its first
+/// argument becomes when the filter answers it with its slot's cached redirect (the filter
+/// renames it in place and keeps the arguments). Replies the redirect cached for the key's slot
+/// in the current routing table (`MOVED`/`ASK`), counted as `umcluster.redirect` counts it; a
+/// script's call gets the native non-local-key error. Without a cached redirect (called by
+/// hand, or the table changed while the command waited, e.g. in `CLIENT PAUSE`): `TRYAGAIN`, so
+/// the client sends its command again and gets today's answer.
+extern "C" fn quick_redirect_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    // SAFETY: ctx and argv are the context and arguments of this command.
+    unsafe {
+        let replied = guard(
+            filter::QUICK_REDIRECT_COMMAND,
+            || {
+                // Renamed by the filter just now: the slot it found (and not a script's call).
+                let handed = redirect_cache::take_handed(client::ctx_client_word(ctx));
+                let slot = match handed {
+                    Some(slot) => slot,
+                    None if argc >= 2 => {
+                        let mut buf = [0u8; 24];
+                        let arg = *argv.add(1);
+                        let key = super::plain_string_bytes(arg)
+                            .unwrap_or_else(|| string_bytes(arg, &mut buf));
+                        crate::slot::key_slot_fastest(key)
+                    }
+                    None => return false,
+                };
+                let cached = state::peek(|st| st.table_version)
+                    .and_then(|version| redirect_cache::cached_for(slot, version));
+                match (cached, handed) {
+                    (Some(cached), Some(_)) => reply_cached_to_client(ctx, cached),
+                    (Some(cached), None) => reply_cached(ctx, cached),
+                    (None, _) => false,
+                }
+            },
+            |_| false,
+        );
+        if !replied {
+            let text = if argc >= 2 {
+                c"TRYAGAIN no redirect is cached for this key's slot: send the command again"
+            } else {
+                c"ERR wrong number of arguments for 'u.r' command"
+            };
+            rm!(RedisModule_ReplyWithError)(ctx, text.as_ptr());
+        }
+        raw::REDISMODULE_OK as c_int
+    }
+}
+
 /// Counts a redirect line the filter took from the cache (see [`redirect_cache`]) and replies
 /// the cached reply; false if there is none (the caller then formats the line). A script's call
 /// gets the native script error instead: the filter's quick `MOVED` does not tell scripts apart.
@@ -644,6 +738,14 @@ unsafe fn reply_cached(ctx: *mut raw::RedisModuleCtx, cached: redirect_cache::Ca
         rm!(RedisModule_ReplyWithError)(ctx, text.as_ptr());
         return true;
     }
+    reply_cached_to_client(ctx, cached)
+}
+
+/// [`reply_cached`] for a caller known not to be a script.
+unsafe fn reply_cached_to_client(
+    ctx: *mut raw::RedisModuleCtx,
+    cached: redirect_cache::Cached,
+) -> bool {
     state::try_with_mut(|st| match cached.ask {
         true => st.stats.ask += 1,
         false => st.stats.moved += 1,

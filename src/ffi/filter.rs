@@ -8,7 +8,9 @@
 //! - a command that must be redirected becomes `umcluster.redirect "<error line>" ...`, a module
 //!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`); a `MOVED` or `ASK` line is
 //!   made once per slot and handed over by reference, its reply made once too
-//!   ([`redirect_cache`]);
+//!   ([`redirect_cache`]); once cached, a command whose key is its first argument is instead
+//!   renamed in place to `u.r <key> ...`, which replies its slot's cached redirect
+//!   ([`rename_to_quick_redirect`]);
 //! - inside MULTI it instead becomes an unknown command whose name is the redirect
 //!   (`'MOVED 3999 127.0.0.1:7002'`): the server rejects it at queue time and flags the
 //!   transaction, so `EXEC` answers `-EXECABORT` and runs nothing. A module command would merely
@@ -30,7 +32,7 @@
 //! everything from scratch.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use redis_module::raw;
 
@@ -438,8 +440,8 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
 /// For [`Quick::NotServed`] (a plain client, no `ASKING` pending: checked by [`one_key_fast`]
 /// or below), the two commonest cases before the full rules:
 /// - a slot another master owns, stable: `MOVED` with the line the full rules cached for the
-///   slot the first time ([`redirect_cache`]); a script's call is told apart by
-///   `umcluster.redirect` itself;
+///   slot the first time ([`redirect_cache`]); a script's call is told apart by the redirect
+///   command itself;
 /// - a slot migrating away, a one-key command: it runs if its key is still here, else gets the
 ///   cached `ASK` ([`quick_migrating`]).
 ///
@@ -483,7 +485,8 @@ unsafe fn quick_migrating(
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     slot: u16,
 ) -> bool {
-    if !client::current_is_plain_client() {
+    let client = client::current_client();
+    if !client::is_plain_client(client) {
         return false;
     }
     let Some(db) = client::current_db() else {
@@ -517,12 +520,7 @@ unsafe fn quick_migrating(
     let Some(line) = redirect_cache::line(slot, st.table_version) else {
         return false;
     };
-    Filter::<false> {
-        fctx,
-        argc,
-        argv: std::ptr::null(),
-    }
-    .answer_cached(line);
+    answer_with_cached_line(fctx, client, slot, pos == 1, line);
     true
 }
 
@@ -535,19 +533,126 @@ unsafe fn quick_moved(
     owner: u16,
 ) -> bool {
     // A replica serves its master's slots to READONLY connections: the full rules decide.
-    if st.table.my_master == Some(owner) || !client::current_is_plain_client() {
+    let client = client::current_client();
+    if st.table.my_master == Some(owner) || !client::is_plain_client(client) {
         return false;
     }
     let Some(line) = redirect_cache::line(slot, st.table_version) else {
         return false;
     };
+    // Looked up again rather than carried from `one_key_fast`, where it would cost every
+    // command a register.
+    let argv = context_argv(fctx);
+    let key_first = short_name_word(*argv)
+        .and_then(|(w, len)| st.commands.get_short_word(w, len))
+        .is_some_and(|entry| entry.one_key_at(context_argc(fctx).max(0) as usize) == Some(1));
+    answer_with_cached_line(fctx, client, slot, key_first, line);
+    true
+}
+
+/// Hands the command of `client` (the current one) to the redirect command that replies
+/// `line`, the cached redirect of `slot`: renamed in place to [`QUICK_REDIRECT_COMMAND`] when
+/// its key is its first argument and the name can be overwritten ([`rename_to_quick_redirect`]),
+/// the slot handed over with it ([`redirect_cache::hand_over`]); else rewritten to
+/// `umcluster.redirect <line>`.
+///
+/// # Safety
+/// As [`quick_moved`]: `one_key_fast` checked the context's layout.
+unsafe fn answer_with_cached_line(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    client: *const u64,
+    slot: u16,
+    key_first: bool,
+    line: *mut raw::RedisModuleString,
+) {
+    if key_first && rename_to_quick_redirect(fctx) {
+        redirect_cache::hand_over(client, slot);
+        return;
+    }
     Filter::<false> {
         fctx,
         argc: context_argc(fctx).max(0) as usize,
         argv: std::ptr::null(),
     }
     .answer_cached(line);
+}
+
+/// Name of the module command a redirected command is renamed to in place: `u.r <key> ...`
+/// replies the redirect cached for its first argument's slot (see
+/// `commands::quick_redirect_command`). Three bytes, so that it fits in the name of any
+/// command whose key is its first argument (`GET`, `SET`, `TTL` are the shortest), and as cheap
+/// for the server to look up as theirs.
+pub const QUICK_REDIRECT_COMMAND: &str = "u.r";
+
+/// Whether [`rename_to_quick_redirect`] may rename: set at load ([`enable_quick_rename`]) once
+/// [`QUICK_REDIRECT_COMMAND`] is registered and this server's strings have the expected layout.
+static QUICK_RENAME: AtomicBool = AtomicBool::new(false);
+
+/// Where a `robj`'s `int refcount` sits: after the 4-byte word of `type`, `encoding` and `lru`.
+const REFCOUNT_AT: usize = 4;
+
+/// Overwrites the command's name with [`QUICK_REDIRECT_COMMAND`] in place, if it is an embedded
+/// string that only the command holds and that is at least as long. Why not
+/// `RedisModule_CommandFilterArgReplace`: it frees the name there (and the key, if replaced
+/// too), and an 18-letter name costs the server's lookup twice what `GET` does; together most
+/// of what a `MOVED` used to cost beyond a `GET`. Nothing else reads the name before the server
+/// looks it up: filters run first in `processCommand()` and hand the same `argv` on; the
+/// string is freed with the command's other arguments as usual (its allocation unchanged, only
+/// its length shorter; a script's argument cache, the one other place such a string goes,
+/// reuses it by its allocated size).
+///
+/// # Safety
+/// `one_key_fast` checked the context's layout; the command's name is argument 0.
+#[inline]
+unsafe fn rename_to_quick_redirect(fctx: *mut raw::RedisModuleCommandFilterCtx) -> bool {
+    if !QUICK_RENAME.load(Ordering::Relaxed) {
+        return false;
+    }
+    let name = *context_argv(fctx);
+    let Some(bytes) = embstr_bytes(name) else {
+        return false;
+    };
+    let new = QUICK_REDIRECT_COMMAND.as_bytes();
+    if bytes.len() < new.len() || read_refcount(name) != 1 {
+        return false;
+    }
+    let buf = bytes.as_ptr() as *mut u8;
+    std::ptr::copy_nonoverlapping(new.as_ptr(), buf, new.len());
+    // The NUL the server's C string comparisons expect, and the sdshdr8's `len`.
+    buf.add(new.len()).write(0);
+    buf.sub(3).write(new.len() as u8);
     true
+}
+
+/// A server string's reference count.
+///
+/// # Safety
+/// `s` must be a live `robj`.
+#[inline(always)]
+unsafe fn read_refcount(s: *const raw::RedisModuleString) -> i32 {
+    std::ptr::read_unaligned((s as *const u8).add(REFCOUNT_AT) as *const i32)
+}
+
+/// Turns on renaming in place ([`rename_to_quick_redirect`]) if a string made here has the
+/// layout it relies on: an embedded string of refcount 1 at [`REFCOUNT_AT`], 2 once retained.
+/// Returns whether it is on.
+///
+/// # Safety
+/// On the main thread, in OnLoad, after [`QUICK_REDIRECT_COMMAND`] was registered.
+pub unsafe fn enable_quick_rename() -> bool {
+    let s = new_string(b"get");
+    if s.is_null() {
+        return false;
+    }
+    let embedded = super::inline_strings() && embstr_bytes(s) == Some(&b"get"[..]);
+    let single = read_refcount(s) == 1;
+    rm!(RedisModule_RetainString)(std::ptr::null_mut(), s);
+    let retained = read_refcount(s) == 2;
+    rm!(RedisModule_FreeString)(std::ptr::null_mut(), s);
+    rm!(RedisModule_FreeString)(std::ptr::null_mut(), s);
+    let ok = embedded && single && retained;
+    QUICK_RENAME.store(ok, Ordering::Relaxed);
+    ok
 }
 
 /// [`router::several_keys_slot`] for [`one_key_fast`]: out of line, with the arguments built
@@ -1070,6 +1175,9 @@ unsafe fn handle_role(st: &mut State, f: &Filter, role: Role) {
         {
             rename(PUBLISH_COMMAND)
         }
+        // Sent as such, not renamed by this filter just now: it must find its key's redirect
+        // itself.
+        Role::QuickRedirect => redirect_cache::forget_handed(),
         Role::Info
         | Role::Publish
         | Role::Plain

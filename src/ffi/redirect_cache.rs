@@ -19,10 +19,14 @@
 //! (about 300 bytes each), so at most about 5 MB while a client keeps asking this node for every
 //! slot it does not serve.
 //!
+//! The filter's quick path answers a command whose key is its first argument by renaming it to
+//! `u.r` instead (see `filter::rename_to_quick_redirect`) and hands that command its slot
+//! ([`hand_over`]); `u.r` replies the same cached reply.
+//!
 //! Main thread only, like the state: the filter and the module's commands run there (or on a
 //! thread holding the server lock, while the main thread waits).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 
 use redis_module::raw;
 
@@ -37,11 +41,14 @@ use crate::state::MainThread;
 struct Entry {
     line: *mut raw::RedisModuleString,
     reply: *mut raw::RedisModuleCallReply,
+    /// What the line says, parsed once (`None` for a line that is not a redirect).
+    said: Option<Cached>,
 }
 
 const EMPTY: Entry = Entry {
     line: std::ptr::null_mut(),
     reply: std::ptr::null_mut(),
+    said: None,
 };
 
 struct Cache {
@@ -58,6 +65,60 @@ static CACHE: MainThread<UnsafeCell<Cache>> = MainThread(UnsafeCell::new(Cache {
     slots: Vec::new(),
     command: std::ptr::null_mut(),
 }));
+
+/// The slot of the command the filter has just renamed to `u.r`, and whose command it is.
+#[derive(Clone, Copy)]
+struct Handed {
+    /// The client struct (`server.current_client`), null when nothing is handed over.
+    client: *const u64,
+    slot: u16,
+}
+
+static HANDED: MainThread<Cell<Handed>> = MainThread(Cell::new(Handed {
+    client: std::ptr::null(),
+    slot: 0,
+}));
+
+/// Called by the filter as it renames `client`'s command to `u.r`: the command's slot, so that
+/// `u.r` need not hash its key again. Only the command that runs next for that client takes it
+/// ([`take_handed`]): the server runs a renamed command right after the filters, unless it
+/// rejects it (then a later `u.r` of that client must be sent as such, and the filter forgets
+/// the slot on seeing one: [`forget_handed`]) or holds it back (`CLIENT PAUSE`: it runs again
+/// through the filters, which forget the slot; other clients' redirects may replace it
+/// meanwhile). A script's call or another module's `RedisModule_Call` runs as a client other
+/// than `server.current_client`, so it never takes a slot.
+///
+/// # Safety
+/// Main thread.
+#[inline(always)]
+pub unsafe fn hand_over(client: *const u64, slot: u16) {
+    HANDED.0.set(Handed { client, slot });
+}
+
+/// The slot handed over for `client`'s command ([`hand_over`]), taken.
+///
+/// # Safety
+/// Main thread.
+#[inline(always)]
+pub unsafe fn take_handed(client: *const u64) -> Option<u16> {
+    let handed = HANDED.0.get();
+    if handed.client.is_null() || handed.client != client {
+        return None;
+    }
+    forget_handed();
+    Some(handed.slot)
+}
+
+/// Drops a slot handed over ([`hand_over`]).
+///
+/// # Safety
+/// Main thread.
+pub unsafe fn forget_handed() {
+    HANDED.0.set(Handed {
+        client: std::ptr::null(),
+        slot: 0,
+    });
+}
 
 /// The cached line of `slot` for table `version`, if one was made.
 ///
@@ -102,7 +163,25 @@ pub unsafe fn line_or_make(
     let entry = cache.slots.get_mut(slot as usize)?;
     release(entry);
     entry.line = new_string(text);
+    entry.said = parse_line(text).filter(|said| said.slot == slot);
     Some(entry.line)
+}
+
+/// The redirect cached for `slot` in table `version`, if there is one (what
+/// `u.r`, the quick redirect command, replies).
+///
+/// # Safety
+/// Main thread; no other function of this file is running.
+pub unsafe fn cached_for(slot: u16, version: u64) -> Option<Cached> {
+    let cache = &*CACHE.0.get();
+    if cache.version != version {
+        return None;
+    }
+    let entry = cache.slots.get(slot as usize)?;
+    if entry.line.is_null() {
+        return None;
+    }
+    entry.said
 }
 
 /// `umcluster.redirect` as a server string.
@@ -166,6 +245,7 @@ fn slot_number(digits: &[u8]) -> Option<u16> {
 ///
 /// # Safety
 /// Main thread; no other function of this file is running; `call_ctx` a valid context.
+#[inline]
 pub unsafe fn reply(
     slot: u16,
     call_ctx: *mut raw::RedisModuleCtx,
@@ -177,6 +257,17 @@ pub unsafe fn reply(
     if !entry.reply.is_null() {
         return Some(entry.reply);
     }
+    make_reply(slot, entry, call_ctx)
+}
+
+/// [`reply`] the first time: makes the slot's reply.
+#[cold]
+#[inline(never)]
+unsafe fn make_reply(
+    slot: u16,
+    entry: Entry,
+    call_ctx: *mut raw::RedisModuleCtx,
+) -> Option<*mut raw::RedisModuleCallReply> {
     if entry.line.is_null() || call_ctx.is_null() {
         return None;
     }

@@ -41,12 +41,17 @@ def half_node(servers, epoch=1):
 def counters(node):
     errors = info_fields(node, "errorstats")
     asks = int(errors.get("errorstat_ASK", "count=0").split("=")[1])
-    stats = info_fields(node, "commandstats").get("cmdstat_umcluster.redirect", "")
-    failed = dict(kv.split("=") for kv in stats.split(",")) if stats else {}
+    commandstats = info_fields(node, "commandstats")
+    failed_calls = {}
+    for command in ("umcluster.redirect", "u.r"):
+        stats = commandstats.get(f"cmdstat_{command}", "")
+        failed_calls[command] = int(dict(kv.split("=") for kv in stats.split(",")).get(
+            "failed_calls", 0)) if stats else 0
     mine = info_fields(node, "umcluster")
     return {
         "errorstat": int(errors.get("errorstat_MOVED", "count=0").split("=")[1]),
-        "failed_calls": int(failed.get("failed_calls", 0)),
+        "failed_calls": sum(failed_calls.values()),
+        "renamed": failed_calls["u.r"],
         "moved": int(mine["umcluster_redirect_moved"]),
         "ask_errorstat": asks,
         "ask": int(mine["umcluster_redirect_ask"]),
@@ -213,3 +218,117 @@ def test_ask_is_cached_per_slot_and_a_slot_changing_kind_is_never_answered_from_
     assert after["ask_errorstat"] - before["ask_errorstat"] == sent
     assert after["moved"] == before["moved"]
     assert raw(node, "DBSIZE") == len(present)
+
+
+def moved_line(key, peer):
+    return f"MOVED {key_slot(key)} {peer}"
+
+
+def test_one_key_commands_of_a_cached_slot_are_renamed_in_place(servers):
+    """A command whose one key comes first (`GET k`, `HSET k f v`) is renamed in place to `u.r`
+    and keeps its arguments; any other (several keys) becomes `umcluster.redirect <line>`. Both
+    answer the slot's MOVED; the commandstats say which command did."""
+    node, peer = half_node(servers)
+    keys = remote_keys(20, seed=17)
+    tag = "{" + keys[0] + "}"
+    with RawConnection(node.port) as c:
+        for key in keys:
+            assert c.call("GET", key) == moved_line(key, peer)  # made and cached
+        before = counters(node)
+        for key in keys:
+            assert c.call("GET", key) == moved_line(key, peer)
+            assert c.call("HSET", key, "f", "v") == moved_line(key, peer)
+            assert c.call("TTL", key) == moved_line(key, peer)
+        assert c.call("MSET", tag + "a", "1", tag + "b", "2") == moved_line(keys[0], peer)
+    after = counters(node)
+    renamed = 3 * len(keys)
+    assert after["renamed"] - before["renamed"] == renamed
+    assert after["failed_calls"] - before["failed_calls"] == renamed + 1
+    assert after["moved"] - before["moved"] == renamed + 1
+    assert after["errorstat"] - before["errorstat"] == renamed + 1
+    assert raw(node, "DBSIZE") == 0
+
+
+def test_u_r_by_hand_answers_its_keys_cached_redirect_or_tryagain(servers):
+    node, peer = half_node(servers)
+    cached = remote_keys(1, seed=19)[0]
+    uncached = next(k for k in remote_keys(50, seed=29) if key_slot(k) != key_slot(cached))
+    local = key_in_slot_range("local:", 0, 8191)
+    raw(node, "SET", local, "here")
+    assert raw(node, "GET", cached) == moved_line(cached, peer)  # cached now
+    assert raw(node, "u.r", cached) == moved_line(cached, peer)
+    assert raw(node, "u.r", cached, "more", "arguments") == moved_line(cached, peer)
+    assert raw(node, "u.r", uncached).startswith("TRYAGAIN")
+    assert raw(node, "u.r", local).startswith("TRYAGAIN")
+    assert raw(node, "u.r").startswith("ERR wrong number of arguments")
+    # A script naming it gets the native script error for a key it does not serve.
+    script = "return redis.call('u.r', ARGV[1])"
+    assert raw(node, "EVAL", script, 0, cached).startswith(SCRIPT_ERROR)
+    assert raw(node, "GET", local) == "here"
+
+
+def test_a_renamed_command_the_server_refuses_hands_nothing_to_a_later_u_r(servers):
+    """The filter renames an unauthenticated client's GET of a cached remote slot and hands its
+    slot over; the server then refuses it (NOAUTH) before it runs. That connection's own `u.r`
+    later must answer its own key, not the refused command's slot."""
+    node, peer = half_node(servers)
+    key = remote_keys(1, seed=31)[0]
+    local = key_in_slot_range("local:", 0, 8191)
+    assert raw(node, "GET", key) == moved_line(key, peer)  # cached
+    assert raw(node, "CONFIG", "SET", "requirepass", "pw") == "OK"
+    try:
+        with RawConnection(node.port) as c:
+            assert c.call("GET", key).startswith("NOAUTH")
+            assert c.call("AUTH", "pw") == "OK"
+            assert c.call("u.r", local).startswith("TRYAGAIN")
+            assert c.call("GET", key) == moved_line(key, peer)
+    finally:
+        with RawConnection(node.port) as c:
+            assert c.call("AUTH", "pw") == "OK"
+            assert c.call("CONFIG", "SET", "requirepass", "") == "OK"
+
+
+def test_redirects_held_back_by_client_pause_each_answer_their_own_slot(servers):
+    """`CLIENT PAUSE ALL` holds renamed commands back after the filter ran; they run later, after
+    other clients' redirects were handed over. Each still answers its own key's MOVED."""
+    node, peer = half_node(servers)
+    keys = []
+    for key in remote_keys(200, seed=37):
+        if key_slot(key) not in {key_slot(k) for k in keys}:
+            keys.append(key)
+        if len(keys) == 6:
+            break
+    for key in keys:
+        assert raw(node, "GET", key) == moved_line(key, peer)  # cached
+    conns = [RawConnection(node.port) for _ in keys]
+    try:
+        assert raw(node, "CLIENT", "PAUSE", "1000", "ALL") == "OK"
+        for c, key in zip(conns, keys):
+            c.send("GET", key)
+        for c, key in zip(conns, keys):
+            assert c.read() == moved_line(key, peer)
+    finally:
+        for c in conns:
+            c.close()
+    assert raw(node, "DBSIZE") == 0
+
+
+def test_a_script_reuses_its_argument_strings_after_a_renamed_call(servers):
+    """Scripts keep their calls' argument strings for the next call; the renamed one (shorter
+    now) is reused for the commands after it, in this run and the next."""
+    node, peer = half_node(servers)
+    key = remote_keys(1, seed=41)[0]
+    assert raw(node, "GET", key) == moved_line(key, peer)  # cached
+    a, b = key_in_slot_range("a:", 0, 8191), key_in_slot_range("b:", 0, 8191)
+    script = """
+    local refused = redis.pcall('GET', ARGV[1])
+    redis.call('SET', ARGV[2], ARGV[4])
+    redis.call('HSET', ARGV[3], 'field', ARGV[4])
+    return {refused['err'], redis.call('GET', ARGV[2]), redis.call('HGET', ARGV[3], 'field'),
+            redis.call('TTL', ARGV[2])}
+    """
+    for run in range(3):
+        value = f"value-{run}"
+        reply = raw(node, "EVAL", script, 0, key, a, b, value)
+        assert reply[0].startswith(SCRIPT_ERROR), reply
+        assert reply[1:] == [value, value, -1], reply
