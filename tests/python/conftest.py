@@ -12,6 +12,7 @@ the `umcluster` admin tool, redis-cli and redis-benchmark. Nothing is mocked.
 """
 
 import atexit
+import json
 import os
 import shlex
 import shutil
@@ -284,14 +285,33 @@ class ServerPool:
         self.servers.append(server)
         return server.start()
 
-    def start_many(self, n, with_module=True):
-        return [self.start(with_module=with_module) for _ in range(n)]
+    def start_many(self, n, with_module=True, extra_args=()):
+        return [self.start(with_module=with_module, extra_args=extra_args) for _ in range(n)]
 
     def stop_all(self):
         for s in self.servers:
             s.stop()
         self.servers.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def umtype_module(tmp_path_factory):
+    """Path of tests/modules/umtype.c built as a module (a module data type for the tests), with
+    the C compiler the Rust toolchain links with and the redismodule.h of the redis-module crate
+    (found with `cargo metadata`; the crate was fetched to build umcluster)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    meta = subprocess.run(
+        ["cargo", "metadata", "--offline", "--format-version", "1",
+         "--manifest-path", os.path.join(root, "Cargo.toml")],
+        capture_output=True, text=True, check=True)
+    crate = next(p for p in json.loads(meta.stdout)["packages"] if p["name"] == "redis-module")
+    include = os.path.join(os.path.dirname(crate["manifest_path"]), "src", "include")
+    assert os.path.exists(os.path.join(include, "redismodule.h")), include
+    out = str(tmp_path_factory.mktemp("modules") / "umtype.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-I", include, "-o", out,
+                    os.path.join(root, "tests", "modules", "umtype.c")], check=True)
+    return out
 
 
 @pytest.fixture

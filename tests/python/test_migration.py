@@ -738,6 +738,44 @@ def test_big_collections_move_in_pieces_with_their_ttls_and_the_destinations_rep
                timeout=30, what="the destination's replica identical to it")
 
 
+def test_module_type_keys_move_whole_with_their_ttls_and_the_destinations_replica_follows(servers, umtype_module):
+    """Keys of a module data type (tests/modules/umtype.c, loaded after umcluster on every node)
+    go by the type's own serialization (DUMP/RESTORE), from two databases, with their TTLs; the
+    ones of the range that stays stay; the destination's replica ends identical to it."""
+    src, dst, dst_rep = servers.start_many(3, extra_args=["--loadmodule", umtype_module])
+    push_stable(1, src, dst)
+    dst_rep.client().replicaof("127.0.0.1", dst.port)
+    moving, staying = {}, {}
+    for db in (0, 3):
+        c = src.client(db=db)
+        for i, k in enumerate(keys_in(LOW, HIGH, f"mt{db}", 40)):
+            c.execute_command("UMTYPE.SET", k, f"value {db} {i} " + "x" * i)
+            if i % 2:
+                c.expire(k, 3600)
+            moving[(db, k)] = (f"value {db} {i} " + "x" * i, c.pttl(k))
+        for k in keys_in(HIGH + 1, 15999, f"stay{db}", 5):
+            c.execute_command("UMTYPE.SET", k, "stays")
+            staying[(db, k)] = "stays"
+    assert src.client().type(next(k for (db, k) in moving if db == 0)) == "umtype-v1"
+    move_and_commit(src, dst)
+    assert src.client().info("umcluster")["umcluster_migration_keys_moved"] == len(moving)
+    for (db, k), (val, ttl) in moving.items():
+        d = dst.client(db=db)
+        assert d.execute_command("UMTYPE.GET", k) == val, (db, k)
+        assert d.type(k) == "umtype-v1"
+        assert same_ttl(ttl, d.pttl(k)), (db, k, ttl, d.pttl(k))
+    for (db, k), val in staying.items():
+        assert src.client(db=db).execute_command("UMTYPE.GET", k) == val, (db, k)
+    for db in (0, 3):
+        left = [k for k in src.client(db=db).scan_iter(count=1000) if key_slot(k) <= HIGH]
+        assert left == [], f"db {db}: keys left on the source"
+    d = dst.client()
+    d.execute_command("WAIT", 1, 5000)
+    wait_until(lambda: dst_rep.client().execute_command("DEBUG", "DIGEST")
+               == d.execute_command("DEBUG", "DIGEST"),
+               timeout=30, what="the destination's replica identical to it")
+
+
 def stream_state(client, k):
     info = client.xinfo_stream(k)
     return {f: info[f] for f in ("length", "last-generated-id", "max-deleted-entry-id",
