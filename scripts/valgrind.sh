@@ -24,6 +24,7 @@ export FILTER_PATHS_ROUNDS="${FILTER_PATHS_ROUNDS:-600}"
     tests/python/test_migration.py::test_moving_slots_look_keys_up_in_the_callers_database \
     tests/python/test_migration.py::test_transactions_on_a_migrating_slot_keep_the_transaction_rules \
     tests/python/test_migration.py::test_a_big_collection_that_expires_midway_is_removed_from_the_destination_too \
+    tests/python/test_migration.py::test_module_type_keys_move_whole_with_their_ttls_and_the_destinations_replica_follows \
     "$@"
 
 echo "valgrind logs: $LOGS"
