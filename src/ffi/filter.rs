@@ -609,14 +609,13 @@ unsafe fn rename_to_quick_redirect(fctx: *mut raw::RedisModuleCommandFilterCtx) 
         return false;
     }
     let name = *context_argv(fctx);
-    let Some(bytes) = embstr_bytes(name) else {
-        return false;
-    };
     let new = QUICK_REDIRECT_COMMAND.as_bytes();
-    if bytes.len() < new.len() || read_refcount(name) != 1 {
+    if !embstr_bytes(name).is_some_and(|bytes| bytes.len() >= new.len()) || read_refcount(name) != 1
+    {
         return false;
     }
-    let buf = bytes.as_ptr() as *mut u8;
+    // The string's bytes, from its `ptr` field (an embedded string: inside its own allocation).
+    let buf = std::ptr::read((name as *const u8).add(8) as *const *mut u8);
     std::ptr::copy_nonoverlapping(new.as_ptr(), buf, new.len());
     // The NUL the server's C string comparisons expect, and the sdshdr8's `len`.
     buf.add(new.len()).write(0);
