@@ -71,7 +71,7 @@ pub fn run(server: &dyn Server, state: &State, args: &[&[u8]]) -> Reply {
         ("links", 0) => Reply::Array(Vec::new()),
         ("keyslot", 1) => Reply::Int(key_slot(rest[0]) as i64),
         ("countkeysinslot", 1) => match parse_slot(rest[0]) {
-            Ok(slot) => Reply::Int(server.keys_in_slot(slot, 0).0 as i64),
+            Ok(slot) => Reply::Int(server.count_keys_in_slot(slot) as i64),
             Err(e) => e,
         },
         ("getkeysinslot", 2) => {
@@ -80,7 +80,6 @@ pub fn run(server: &dyn Server, state: &State, args: &[&[u8]]) -> Reply {
                 (Ok(slot), Some(n)) if n >= 0 => Reply::Array(
                     server
                         .keys_in_slot(slot, n as usize)
-                        .1
                         .into_iter()
                         .map(Reply::Bulk)
                         .collect(),
@@ -169,10 +168,15 @@ mod tests {
         fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
             Ok(())
         }
-        fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>) {
+        fn count_keys_in_slot(&self, slot: u16) -> u64 {
+            self.keys_in_slot(slot, usize::MAX).len() as u64
+        }
+        fn keys_in_slot(&self, slot: u16, max: usize) -> Vec<Vec<u8>> {
             let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec()];
-            let keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| key_slot(k) == slot).collect();
-            (keys.len() as u64, keys.into_iter().take(max).collect())
+            keys.into_iter()
+                .filter(|k| key_slot(k) == slot)
+                .take(max)
+                .collect()
         }
     }
 

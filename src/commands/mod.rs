@@ -25,8 +25,10 @@ pub trait Server {
     /// Makes the server replicate from `master` (`REPLICAOF host port`), or stop replicating
     /// (`REPLICAOF NO ONE`) when `None`.
     fn set_master(&self, master: Option<&Addr>) -> Result<(), String>;
-    /// Up to `max` keys of `slot` in the caller's database, and how many keys the slot has.
-    fn keys_in_slot(&self, slot: u16, max: usize) -> (u64, Vec<Vec<u8>>);
+    /// How many keys `slot` has in the caller's database.
+    fn count_keys_in_slot(&self, slot: u16) -> u64;
+    /// Up to `max` keys of `slot` in the caller's database.
+    fn keys_in_slot(&self, slot: u16, max: usize) -> Vec<Vec<u8>>;
     /// Saves an accepted push to the module's `config-file`, when there is one. An error refuses
     /// the push (nothing applied), so the control plane retries.
     fn save_config(&self, _saved: &crate::topology::persist::Saved) -> Result<(), String> {

@@ -302,8 +302,11 @@ mod tests {
         fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
             Ok(())
         }
-        fn keys_in_slot(&self, _slot: u16, _max: usize) -> (u64, Vec<Vec<u8>>) {
-            (0, Vec::new())
+        fn count_keys_in_slot(&self, _slot: u16) -> u64 {
+            0
+        }
+        fn keys_in_slot(&self, _slot: u16, _max: usize) -> Vec<Vec<u8>> {
+            Vec::new()
         }
     }
 
@@ -319,8 +322,11 @@ mod tests {
         fn set_master(&self, _master: Option<&crate::addr::Addr>) -> Result<(), String> {
             Ok(())
         }
-        fn keys_in_slot(&self, _slot: u16, _max: usize) -> (u64, Vec<Vec<u8>>) {
-            (0, Vec::new())
+        fn count_keys_in_slot(&self, _slot: u16) -> u64 {
+            0
+        }
+        fn keys_in_slot(&self, _slot: u16, _max: usize) -> Vec<Vec<u8>> {
+            Vec::new()
         }
         fn save_config(&self, _saved: &persist::Saved) -> Result<(), String> {
             Err("disk full".into())

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import HOST, create_cluster, raw, wait_until
+from conftest import HOST, create_cluster, key_slot, raw, wait_until
 
 CLUSTER_FORMS = [
     (),
@@ -188,3 +188,25 @@ def test_redis_cli_cluster_fix_on_uncovered_slots_fails_pointing_at_the_tool(ser
     assert code != 0 and "Not all 16384 slots are covered" in out, out
     code, out = redis_cli_cluster("fix", a.addr, "--cluster-yes", timeout=60)
     assert code != 0 and "umcluster admin tool" in out, out
+
+
+def test_countkeysinslot_and_getkeysinslot_on_a_loaded_node(servers):
+    """COUNTKEYSINSLOT counts every key of the slot (in the caller's database); GETKEYSINSLOT
+    returns up to `count` of them, all of the slot's when it has fewer, and stops early."""
+    node = servers.start()
+    assert raw(node, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "c", node.addr, "1",
+               "0-16383") == "OK"
+    # 40,000 keys: about 2.4 per slot; slot 12182 ("foo") gets 50 more by hash tag.
+    assert raw(node, "DEBUG", "POPULATE", "40000", "k") == "OK"
+    c = node.client()
+    c.mset({"{foo}%d" % i: i for i in range(50)})
+    in_slot = [k for k in c.scan_iter(count=5000) if key_slot(k) == 12182]
+    assert len(in_slot) >= 50
+    assert raw(node, "CLUSTER", "COUNTKEYSINSLOT", "12182") == len(in_slot)
+    some = raw(node, "CLUSTER", "GETKEYSINSLOT", "12182", "7")
+    assert len(some) == 7 and set(some) <= set(in_slot)
+    everything = raw(node, "CLUSTER", "GETKEYSINSLOT", "12182", "1000")
+    assert sorted(everything) == sorted(in_slot)
+    assert raw(node, "CLUSTER", "GETKEYSINSLOT", "12182", "0") == []
+    # Another database has its own keys.
+    assert node.client(db=2).execute_command("CLUSTER", "COUNTKEYSINSLOT", "12182") == 0
