@@ -112,7 +112,8 @@ fn not_an_integer() -> Reply {
     Reply::error("ERR value is not an integer or out of range")
 }
 
-fn parse_slot(arg: &[u8]) -> Result<u16, Reply> {
+/// A slot number argument, refused with the native errors.
+pub fn parse_slot(arg: &[u8]) -> Result<u16, Reply> {
     match parse_i64(arg) {
         None => Err(not_an_integer()),
         Some(s) if (0..SLOT_COUNT as i64).contains(&s) => Ok(s as u16),

@@ -11,7 +11,7 @@ use redis_module::raw;
 
 use super::client::{self, Calibration};
 use super::{call, guard, log_notice, log_warning, reply, rm, string_bytes};
-use super::{filter, redirect_cache};
+use super::{filter, redirect_cache, slot_count};
 use crate::addr::Addr;
 use crate::commands::connection::{self, CallSite};
 use crate::commands::{cluster, umctl, Server};
@@ -566,6 +566,10 @@ extern "C" fn cluster_command(
     argc: c_int,
 ) -> c_int {
     unsafe {
+        // COUNTKEYSINSLOT scans the whole keyspace: in slices, the client blocked meanwhile.
+        if argc == 3 && count_in_slices(ctx, argv) {
+            return raw::REDISMODULE_OK as c_int;
+        }
         run_command(ctx, "CLUSTER", || {
             let args = args_of(argv, argc);
             let args = refs(&args);
@@ -573,6 +577,32 @@ extern "C" fn cluster_command(
             state::with(|st| cluster::run(&server, st, args.get(1..).unwrap_or_default()))
         })
     }
+}
+
+/// `CLUSTER COUNTKEYSINSLOT <slot>` with a valid slot from a client that can block: started in
+/// slices ([`slot_count`]); false for anything else (answered at once by `cluster::run`).
+///
+/// # Safety
+/// `ctx`, `argv` are those of `umcluster.cluster` with 3 arguments.
+unsafe fn count_in_slices(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+) -> bool {
+    guard(
+        "CLUSTER COUNTKEYSINSLOT",
+        || {
+            let mut buf = [0u8; 24];
+            if !string_bytes(*argv.add(1), &mut buf).eq_ignore_ascii_case(b"countkeysinslot") {
+                return false;
+            }
+            let mut buf = [0u8; 24];
+            match cluster::parse_slot(string_bytes(*argv.add(2), &mut buf)) {
+                Ok(slot) => slot_count::start(ctx, slot),
+                Err(_) => false,
+            }
+        },
+        |_| false,
+    )
 }
 
 extern "C" fn asking_command(

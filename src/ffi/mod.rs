@@ -17,6 +17,7 @@ pub mod module;
 pub mod mover;
 pub mod redirect_cache;
 pub mod reply;
+pub mod slot_count;
 
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -126,6 +126,10 @@ required_api!(
     RedisModule_ReplicateVerbatim,
     RedisModule_Replicate,
     RedisModule_EventLoopAddOneShot,
+    RedisModule_BlockClient,
+    RedisModule_UnblockClient,
+    RedisModule_GetBlockedClientPrivateData,
+    RedisModule_GetContextFlags,
 );
 
 /// `init` of the module: see the file comment.

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import HOST, create_cluster, key_slot, raw, wait_until
+from conftest import HOST, RawConnection, create_cluster, key_slot, raw, wait_until
 
 CLUSTER_FORMS = [
     (),
@@ -210,3 +210,42 @@ def test_countkeysinslot_and_getkeysinslot_on_a_loaded_node(servers):
     assert raw(node, "CLUSTER", "GETKEYSINSLOT", "12182", "0") == []
     # Another database has its own keys.
     assert node.client(db=2).execute_command("CLUSTER", "COUNTKEYSINSLOT", "12182") == 0
+
+
+def test_countkeysinslot_counts_in_slices_and_serves_other_clients_meanwhile(servers):
+    """Counting a slot's keys visits the whole keyspace (about 11 s for 10 M keys): the module
+    blocks the asking client and counts in slices of 2 ms, so others are served in between.
+    Inside MULTI or a script the client cannot block and the count is done at once."""
+    node = servers.start()
+    assert raw(node, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "c", node.addr, "1",
+               "0-16383") == "OK"
+    assert raw(node, "DEBUG", "POPULATE", "1000000", "k") == "OK"
+    slot = key_slot("k:7")
+    with RawConnection(node.port) as counting, RawConnection(node.port) as other:
+        counting_id = counting.call("CLIENT", "ID")
+        counting.send("CLUSTER", "COUNTKEYSINSLOT", str(slot))
+        # Served while the count is in progress: the counting client shows as blocked.
+        def blocked():
+            for line in other.call("CLIENT", "LIST", "ID", str(counting_id)).splitlines():
+                return "flags=b" in line
+            return False
+        wait_until(blocked, timeout=30, what="the counting client blocked")
+        assert other.call("PING") == "PONG"
+        count = counting.read()
+        # The same count at once (another code path: one scan) inside a transaction and a script.
+        assert other.call("MULTI") == "OK"
+        assert other.call("CLUSTER", "COUNTKEYSINSLOT", str(slot)) == "QUEUED"
+        assert other.call("EXEC") == [count]
+        script = "return redis.call('CLUSTER', 'COUNTKEYSINSLOT', ARGV[1])"
+        assert other.call("EVAL", script, "0", str(slot)) == count
+    assert 0 < count < 1000
+    # Several counts at once, and one whose client went away, all end.
+    conns = [RawConnection(node.port) for _ in range(3)]
+    for c in conns:
+        c.send("CLUSTER", "COUNTKEYSINSLOT", str(slot))
+    conns[0].close()
+    assert [c.read() for c in conns[1:]] == [count, count]
+    for c in conns[1:]:
+        c.close()
+    wait_until(lambda: node.client().info("clients")["blocked_clients"] == 0, timeout=30,
+               what="no client left blocked")
