@@ -177,6 +177,20 @@ impl CommandEntry {
         argc.wrapping_sub(self.argc_min) <= self.argc_extra
     }
 
+    /// Whether argument 1 is one of the command's keys whenever it has any: its one key sits
+    /// there, or its keys start there (legacy `first` 1, or a first key spec that is a range
+    /// from index 1: `MSET`, `DEL`, `MGET`, `RENAME` ...; not `EVAL`'s numkeys).
+    pub fn keys_start_at_argument_1(&self) -> bool {
+        self.one_key_pos == 1
+            || match &self.keys {
+                KeyPlan::Legacy { first, .. } => *first == 1,
+                KeyPlan::Specs(specs) => {
+                    matches!(specs.first(), Some(Spec::Range { index: 1, .. }))
+                }
+                KeyPlan::None | KeyPlan::Server => false,
+            }
+    }
+
     /// The position of the command's one key ([`FastPlan::OneKey`]) when it is among `argc`
     /// arguments.
     #[inline(always)]
@@ -1335,6 +1349,22 @@ mod tests {
             ),
             Some(vec![1, 3, 4])
         );
+    }
+
+    #[test]
+    fn keys_start_at_argument_1_for_one_key_legacy_and_range_spec_commands_only() {
+        let t = table();
+        let first = |name: &str| {
+            t.lookup(name.as_bytes(), None)
+                .unwrap()
+                .keys_start_at_argument_1()
+        };
+        for name in ["get", "mset", "spublish", "zunionstore"] {
+            assert!(first(name), "{name}");
+        }
+        for name in ["evalsha", "ping", "xread", "mod.cmd"] {
+            assert!(!first(name), "{name}");
+        }
     }
 
     #[test]

@@ -724,8 +724,8 @@ extern "C" fn redirect_command(
     }
 }
 
-/// `u.r <key> ...` ([`filter::QUICK_REDIRECT_COMMAND`]): what a command whose key is its first
-/// argument becomes when the filter answers it with its slot's cached redirect (the filter
+/// `u.r <key> ...` ([`filter::QUICK_REDIRECT_COMMAND`]): what a command whose keys start at its
+/// first argument becomes when the filter answers it with its slot's cached redirect (the filter
 /// renames it in place and keeps the arguments). Replies the redirect cached for the key's slot
 /// in the current routing table (`MOVED`/`ASK`), counted as `umcluster.redirect` counts it; a
 /// script's call gets the native non-local-key error. Without a cached redirect (called by

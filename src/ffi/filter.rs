@@ -8,8 +8,8 @@
 //! - a command that must be redirected becomes `umcluster.redirect "<error line>" ...`, a module
 //!   command that replies that error (`-MOVED 3999 127.0.0.1:7002`); a `MOVED` or `ASK` line is
 //!   made once per slot and handed over by reference, its reply made once too
-//!   ([`redirect_cache`]); once cached, a command whose key is its first argument is instead
-//!   renamed in place to `u.r <key> ...`, which replies its slot's cached redirect
+//!   ([`redirect_cache`]); once cached, a command whose keys start at its first argument is
+//!   instead renamed in place to `u.r <key> ...`, which replies its slot's cached redirect
 //!   ([`rename_to_quick_redirect`]);
 //! - inside MULTI it instead becomes an unknown command whose name is the redirect
 //!   (`'MOVED 3999 127.0.0.1:7002'`): the server rejects it at queue time and flags the
@@ -543,16 +543,18 @@ unsafe fn quick_moved(
     // Looked up again rather than carried from `one_key_fast`, where it would cost every
     // command a register.
     let argv = context_argv(fctx);
-    let key_first = short_name_word(*argv)
-        .and_then(|(w, len)| st.commands.get_short_word(w, len))
-        .is_some_and(|entry| entry.one_key_at(context_argc(fctx).max(0) as usize) == Some(1));
+    let key_first = context_argc(fctx) >= 2
+        && short_name_word(*argv)
+            .and_then(|(w, len)| st.commands.get_short_word(w, len))
+            .is_some_and(|entry| entry.keys_start_at_argument_1());
     answer_with_cached_line(fctx, client, slot, key_first, line);
     true
 }
 
 /// Hands the command of `client` (the current one) to the redirect command that replies
 /// `line`, the cached redirect of `slot`: renamed in place to [`QUICK_REDIRECT_COMMAND`] when
-/// its key is its first argument and the name can be overwritten ([`rename_to_quick_redirect`]),
+/// its keys start at its first argument and the name can be overwritten
+/// ([`rename_to_quick_redirect`]),
 /// the slot handed over with it ([`redirect_cache::hand_over`]); else rewritten to
 /// `umcluster.redirect <line>`.
 ///
@@ -580,8 +582,8 @@ unsafe fn answer_with_cached_line(
 /// Name of the module command a redirected command is renamed to in place: `u.r <key> ...`
 /// replies the redirect cached for its first argument's slot (see
 /// `commands::quick_redirect_command`). Three bytes, so that it fits in the name of any
-/// command whose key is its first argument (`GET`, `SET`, `TTL` are the shortest), and as cheap
-/// for the server to look up as theirs.
+/// command whose keys start at its first argument (`GET`, `SET`, `TTL`, `DEL` are the
+/// shortest), and as cheap for the server to look up as theirs.
 pub const QUICK_REDIRECT_COMMAND: &str = "u.r";
 
 /// Whether [`rename_to_quick_redirect`] may rename: set at load ([`enable_quick_rename`]) once

@@ -19,8 +19,8 @@
 //! (about 300 bytes each), so at most about 5 MB while a client keeps asking this node for every
 //! slot it does not serve.
 //!
-//! The filter's quick path answers a command whose key is its first argument by renaming it to
-//! `u.r` instead (see `filter::rename_to_quick_redirect`) and hands that command its slot
+//! The filter's quick path answers a command whose keys start at its first argument by renaming
+//! it to `u.r` instead (see `filter::rename_to_quick_redirect`) and hands that command its slot
 //! ([`hand_over`]); `u.r` replies the same cached reply.
 //!
 //! Main thread only, like the state: the filter and the module's commands run there (or on a

@@ -224,10 +224,11 @@ def moved_line(key, peer):
     return f"MOVED {key_slot(key)} {peer}"
 
 
-def test_one_key_commands_of_a_cached_slot_are_renamed_in_place(servers):
-    """A command whose one key comes first (`GET k`, `HSET k f v`) is renamed in place to `u.r`
-    and keeps its arguments; any other (several keys) becomes `umcluster.redirect <line>`. Both
-    answer the slot's MOVED; the commandstats say which command did."""
+def test_commands_whose_keys_start_first_are_renamed_in_place(servers):
+    """A command whose keys start at its first argument (`GET k`, `HSET k f v`, `MSET k v k v`,
+    `DEL k k`) is renamed in place to `u.r` and keeps its arguments; any other (`EVAL`, whose
+    first argument is the script) becomes `umcluster.redirect <line>`. Both answer the slot's
+    MOVED; the commandstats say which command did."""
     node, peer = half_node(servers)
     keys = remote_keys(20, seed=17)
     tag = "{" + keys[0] + "}"
@@ -240,8 +241,10 @@ def test_one_key_commands_of_a_cached_slot_are_renamed_in_place(servers):
             assert c.call("HSET", key, "f", "v") == moved_line(key, peer)
             assert c.call("TTL", key) == moved_line(key, peer)
         assert c.call("MSET", tag + "a", "1", tag + "b", "2") == moved_line(keys[0], peer)
+        assert c.call("DEL", tag + "a", tag + "b") == moved_line(keys[0], peer)
+        assert c.call("EVAL", "return 1", 1, keys[0]) == moved_line(keys[0], peer)
     after = counters(node)
-    renamed = 3 * len(keys)
+    renamed = 3 * len(keys) + 2
     assert after["renamed"] - before["renamed"] == renamed
     assert after["failed_calls"] - before["failed_calls"] == renamed + 1
     assert after["moved"] - before["moved"] == renamed + 1
@@ -290,7 +293,8 @@ def test_a_renamed_command_the_server_refuses_hands_nothing_to_a_later_u_r(serve
 
 def test_redirects_held_back_by_client_pause_each_answer_their_own_slot(servers):
     """`CLIENT PAUSE ALL` holds renamed commands back after the filter ran; they run later, after
-    other clients' redirects were handed over. Each still answers its own key's MOVED."""
+    other clients' redirects were handed over. Each still answers its own key's MOVED (a GET, or
+    an MGET of two keys of the slot)."""
     node, peer = half_node(servers)
     keys = []
     for key in remote_keys(200, seed=37):
@@ -303,8 +307,11 @@ def test_redirects_held_back_by_client_pause_each_answer_their_own_slot(servers)
     conns = [RawConnection(node.port) for _ in keys]
     try:
         assert raw(node, "CLIENT", "PAUSE", "1000", "ALL") == "OK"
-        for c, key in zip(conns, keys):
-            c.send("GET", key)
+        for i, (c, key) in enumerate(zip(conns, keys)):
+            if i % 2:
+                c.send("GET", key)
+            else:
+                c.send("MGET", "{%s}:a" % key, "{%s}:b" % key)
         for c, key in zip(conns, keys):
             assert c.read() == moved_line(key, peer)
     finally:
