@@ -5,7 +5,7 @@
 //! one place where the module is told which client is running.
 
 use std::ffi::CString;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
 
 use redis_module::raw;
 
@@ -19,7 +19,6 @@ use crate::pubsub::PUBLISHED_COMMAND;
 use crate::reply::Reply;
 use crate::resp::Value;
 use crate::server_info::ReplicationInfo;
-use crate::slot::key_slot;
 use crate::state;
 use crate::topology::persist::{self, Saved};
 
@@ -297,12 +296,12 @@ impl Server for LiveServer {
 
     fn count_keys_in_slot(&self, slot: u16) -> u64 {
         // SAFETY: ctx is the context of the command being run, on the main thread.
-        unsafe { scan_slot(self.ctx, slot, None).0 }
+        unsafe { slot_count::scan_slot(self.ctx, slot, None).0 }
     }
 
     fn keys_in_slot(&self, slot: u16, max: usize) -> Vec<Vec<u8>> {
         // SAFETY: as above.
-        unsafe { scan_slot(self.ctx, slot, Some(max)).1 }
+        unsafe { slot_count::scan_slot(self.ctx, slot, Some(max)).1 }
     }
 
     fn save_config(&self, saved: &Saved) -> Result<(), String> {
@@ -359,67 +358,6 @@ pub unsafe fn replay_saved(ctx: *mut raw::RedisModuleCtx, saved: &Saved) -> Resu
         }
     }
     Ok(())
-}
-
-struct SlotScan {
-    slot: u16,
-    max: usize,
-    count: u64,
-    keys: Vec<Vec<u8>>,
-}
-
-extern "C" fn slot_scan_callback(
-    _ctx: *mut raw::RedisModuleCtx,
-    keyname: *mut raw::RedisModuleString,
-    _key: *mut raw::RedisModuleKey,
-    privdata: *mut c_void,
-) {
-    guard(
-        "the slot scan",
-        || unsafe {
-            let scan = &mut *(privdata as *mut SlotScan);
-            let mut buf = [0u8; 24];
-            let name = string_bytes(keyname, &mut buf);
-            if key_slot(name) == scan.slot {
-                scan.count += 1;
-                if scan.keys.len() < scan.max {
-                    scan.keys.push(name.to_vec());
-                }
-            }
-        },
-        |_| (),
-    )
-}
-
-/// Counts the keys of `slot` in the caller's database, or (`names`: `Some(max)`) collects up to
-/// `max` of their names. Standalone redis keeps no per-slot index, so counting visits the whole
-/// keyspace (O(keys)); collecting stops once it has `max` names (a slot of 600 keys among 10 M,
-/// 10 names: about 2 % of the keyspace) and visits all of it only when the slot has fewer.
-unsafe fn scan_slot(
-    ctx: *mut raw::RedisModuleCtx,
-    slot: u16,
-    names: Option<usize>,
-) -> (u64, Vec<Vec<u8>>) {
-    let mut scan = SlotScan {
-        slot,
-        max: names.unwrap_or(0),
-        count: 0,
-        keys: Vec::new(),
-    };
-    let cursor = rm!(RedisModule_ScanCursorCreate)();
-    while rm!(RedisModule_Scan)(
-        ctx,
-        cursor,
-        Some(slot_scan_callback),
-        (&mut scan as *mut SlotScan).cast(),
-    ) != 0
-    {
-        if names.is_some() && scan.keys.len() >= scan.max {
-            break;
-        }
-    }
-    rm!(RedisModule_ScanCursorDestroy)(cursor);
-    (scan.count, scan.keys)
 }
 
 /// The arguments of a module command, owned.

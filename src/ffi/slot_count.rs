@@ -1,4 +1,5 @@
-//! `CLUSTER COUNTKEYSINSLOT` without holding the event loop.
+//! Scans for one slot's keys: `CLUSTER COUNTKEYSINSLOT` without holding the event loop, and the
+//! one-go scans of `GETKEYSINSLOT` and of a count where the client cannot block ([`scan_slot`]).
 //!
 //! A standalone server keeps no per-slot key index, so counting a slot's keys visits the whole
 //! keyspace: about 11 s for 10 M keys (measured, `RedisModule_Scan` plus a CRC16 per key), long
@@ -31,13 +32,96 @@ const SLICE: Duration = Duration::from_millis(2);
 /// Scan calls between two looks at the clock (each visits one bucket: a key or a few).
 const CALLS_PER_CLOCK_CHECK: u32 = 64;
 
+/// What a scan for one slot gathers: how many keys it has, and up to `max` of their names.
+struct SlotScan {
+    slot: u16,
+    max: usize,
+    count: u64,
+    keys: Vec<Vec<u8>>,
+}
+
+impl SlotScan {
+    fn new(slot: u16, max: usize) -> SlotScan {
+        SlotScan {
+            slot,
+            max,
+            count: 0,
+            keys: Vec::new(),
+        }
+    }
+
+    /// One `RedisModule_Scan` call (a bucket: a key or a few) of the database selected in
+    /// `ctx`; false when the scan is over.
+    ///
+    /// # Safety
+    /// `ctx` a valid context on the main thread, `cursor` a live scan cursor.
+    unsafe fn step(
+        &mut self,
+        ctx: *mut raw::RedisModuleCtx,
+        cursor: *mut raw::RedisModuleScanCursor,
+    ) -> bool {
+        rm!(RedisModule_Scan)(
+            ctx,
+            cursor,
+            Some(scanned_key),
+            (self as *mut SlotScan).cast(),
+        ) != 0
+    }
+}
+
+extern "C" fn scanned_key(
+    _ctx: *mut raw::RedisModuleCtx,
+    keyname: *mut raw::RedisModuleString,
+    _key: *mut raw::RedisModuleKey,
+    privdata: *mut c_void,
+) {
+    guard(
+        "the slot scan",
+        || unsafe {
+            // SAFETY: `privdata` is the `SlotScan` that `step` passed, alive for its call.
+            let scan = &mut *(privdata as *mut SlotScan);
+            let mut buf = [0u8; 24];
+            let name = string_bytes(keyname, &mut buf);
+            if key_slot_fastest(name) == scan.slot {
+                scan.count += 1;
+                if scan.keys.len() < scan.max {
+                    scan.keys.push(name.to_vec());
+                }
+            }
+        },
+        |_| (),
+    )
+}
+
+/// Counts the keys of `slot` in the caller's database, or (`names`: `Some(max)`) collects up to
+/// `max` of their names, in one go. Counting visits the whole keyspace (O(keys)); collecting
+/// stops once it has `max` names (a slot of 600 keys among 10 M, 10 names: about 2 % of the
+/// keyspace) and visits all of it only when the slot has fewer.
+///
+/// # Safety
+/// `ctx` is the context of the command being run, on the main thread.
+pub unsafe fn scan_slot(
+    ctx: *mut raw::RedisModuleCtx,
+    slot: u16,
+    names: Option<usize>,
+) -> (u64, Vec<Vec<u8>>) {
+    let mut scan = SlotScan::new(slot, names.unwrap_or(0));
+    let cursor = rm!(RedisModule_ScanCursorCreate)();
+    while scan.step(ctx, cursor) {
+        if names.is_some() && scan.keys.len() >= scan.max {
+            break;
+        }
+    }
+    rm!(RedisModule_ScanCursorDestroy)(cursor);
+    (scan.count, scan.keys)
+}
+
 /// One count in progress.
 struct Count {
     client: *mut raw::RedisModuleBlockedClient,
     db: c_int,
-    slot: u16,
     cursor: *mut raw::RedisModuleScanCursor,
-    keys: u64,
+    scan: SlotScan,
 }
 
 thread_local! {
@@ -79,9 +163,8 @@ pub unsafe fn start(ctx: *mut raw::RedisModuleCtx, slot: u16) -> bool {
         c.borrow_mut().push(Count {
             client,
             db,
-            slot,
             cursor,
-            keys: 0,
+            scan: SlotScan::new(slot, 0),
         })
     });
     arm(ctx);
@@ -153,13 +236,7 @@ unsafe fn scan_until(ctx: *mut raw::RedisModuleCtx, count: &mut Count, deadline:
     }
     let mut calls = 0u32;
     loop {
-        let more = rm!(RedisModule_Scan)(
-            ctx,
-            count.cursor,
-            Some(count_key),
-            (count as *mut Count).cast(),
-        );
-        if more == 0 {
+        if !count.scan.step(ctx, count.cursor) {
             return true;
         }
         calls += 1;
@@ -169,33 +246,13 @@ unsafe fn scan_until(ctx: *mut raw::RedisModuleCtx, count: &mut Count, deadline:
     }
 }
 
-extern "C" fn count_key(
-    _ctx: *mut raw::RedisModuleCtx,
-    keyname: *mut raw::RedisModuleString,
-    _key: *mut raw::RedisModuleKey,
-    privdata: *mut c_void,
-) {
-    guard(
-        "CLUSTER COUNTKEYSINSLOT",
-        || unsafe {
-            // SAFETY: `privdata` is the `Count` that `scan_until` passed, alive for its call.
-            let count = &mut *(privdata as *mut Count);
-            let mut buf = [0u8; 24];
-            if key_slot_fastest(string_bytes(keyname, &mut buf)) == count.slot {
-                count.keys += 1;
-            }
-        },
-        |_| (),
-    )
-}
-
 /// Answers a count that is over and frees its cursor.
 ///
 /// # Safety
 /// Main thread; `count` was taken out of [`COUNTS`].
 unsafe fn finish(count: Count) {
     rm!(RedisModule_ScanCursorDestroy)(count.cursor);
-    let keys = Box::into_raw(Box::new(count.keys));
+    let keys = Box::into_raw(Box::new(count.scan.count));
     if rm!(RedisModule_UnblockClient)(count.client, keys.cast()) != raw::REDISMODULE_OK as c_int {
         drop(Box::from_raw(keys));
     }
