@@ -124,24 +124,35 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
         commands
     };
     for (name, func, flags) in commands {
-        let cname = CString::new(name.clone()).map_err(|_| name.clone())?;
-        let cflags = CString::new(flags).map_err(|_| name.clone())?;
-        let status = rm!(RedisModule_CreateCommand)(
-            ctx,
-            cname.as_ptr(),
-            Some(func),
-            cflags.as_ptr(),
-            0,
-            0,
-            0,
-        );
-        if status != raw::REDISMODULE_OK as c_int {
+        if !create_command(ctx, &name, func, flags) {
             return Err(name);
         }
-        set_acl_categories(ctx, &cname);
     }
     register_quick_redirect(ctx);
     Ok(())
+}
+
+/// Creates one module command (no keys: the filter routes them) and sets its ACL categories
+/// where the server can ([`set_acl_categories`]). False if the server refused it.
+///
+/// # Safety
+/// `ctx` must be the context passed to `RedisModule_OnLoad`.
+unsafe fn create_command(
+    ctx: *mut raw::RedisModuleCtx,
+    name: &str,
+    func: RawCommand,
+    flags: &str,
+) -> bool {
+    let (Ok(cname), Ok(cflags)) = (CString::new(name), CString::new(flags)) else {
+        return false;
+    };
+    let status =
+        rm!(RedisModule_CreateCommand)(ctx, cname.as_ptr(), Some(func), cflags.as_ptr(), 0, 0, 0);
+    if status != raw::REDISMODULE_OK as c_int {
+        return false;
+    }
+    set_acl_categories(ctx, &cname);
+    true
 }
 
 /// Registers [`filter::QUICK_REDIRECT_COMMAND`] and turns on the filter's renaming in place.
@@ -152,22 +163,12 @@ pub unsafe fn register_all(ctx: *mut raw::RedisModuleCtx) -> Result<(), String> 
 /// # Safety
 /// `ctx` must be the context passed to `RedisModule_OnLoad`.
 unsafe fn register_quick_redirect(ctx: *mut raw::RedisModuleCtx) {
-    let Ok(name) = CString::new(filter::QUICK_REDIRECT_COMMAND) else {
-        return;
-    };
-    let Ok(flags) = CString::new(REDIRECT_FLAGS) else {
-        return;
-    };
-    let status = rm!(RedisModule_CreateCommand)(
+    if !create_command(
         ctx,
-        name.as_ptr(),
-        Some(quick_redirect_command),
-        flags.as_ptr(),
-        0,
-        0,
-        0,
-    );
-    if status != raw::REDISMODULE_OK as c_int {
+        filter::QUICK_REDIRECT_COMMAND,
+        quick_redirect_command,
+        REDIRECT_FLAGS,
+    ) {
         log_warning(&format!(
             "umcluster: cannot register {}: redirects go through {} only",
             filter::QUICK_REDIRECT_COMMAND,
@@ -175,7 +176,6 @@ unsafe fn register_quick_redirect(ctx: *mut raw::RedisModuleCtx) {
         ));
         return;
     }
-    set_acl_categories(ctx, &name);
     if !filter::enable_quick_rename() {
         log_warning(&format!(
             "umcluster: this server's strings do not have the expected layout: redirects go \
