@@ -126,12 +126,21 @@ pub unsafe fn forget_handed() {
 /// Main thread; no other function of this file is running.
 #[inline(always)]
 pub unsafe fn line(slot: u16, version: u64) -> Option<*mut raw::RedisModuleString> {
+    cached_entry(slot, version).map(|entry| entry.line)
+}
+
+/// The entry of `slot` in table `version`, if it holds a line.
+///
+/// # Safety
+/// As [`line`].
+#[inline(always)]
+unsafe fn cached_entry<'a>(slot: u16, version: u64) -> Option<&'a Entry> {
     let cache = &*CACHE.0.get();
     if cache.version != version {
         return None;
     }
     let entry = cache.slots.get(slot as usize)?;
-    (!entry.line.is_null()).then_some(entry.line)
+    (!entry.line.is_null()).then_some(entry)
 }
 
 /// The cached line of `slot` for table `version`, made from `text` if there is none yet, or if
@@ -173,15 +182,7 @@ pub unsafe fn line_or_make(
 /// # Safety
 /// Main thread; no other function of this file is running.
 pub unsafe fn cached_for(slot: u16, version: u64) -> Option<Cached> {
-    let cache = &*CACHE.0.get();
-    if cache.version != version {
-        return None;
-    }
-    let entry = cache.slots.get(slot as usize)?;
-    if entry.line.is_null() {
-        return None;
-    }
-    entry.said
+    cached_entry(slot, version)?.said
 }
 
 /// `umcluster.redirect` as a server string.
