@@ -397,9 +397,7 @@ unsafe fn one_key_fast<const CLMUL: bool>(fctx: *mut raw::RedisModuleCommandFilt
             if st.connections.asking_pending() {
                 return Quick::Full;
             }
-            let Some(entry) = short_name_word(*argv)
-                .and_then(|(word, len)| st.commands.get_short_word(word, len))
-            else {
+            let Some(entry) = short_named_entry(st, *argv) else {
                 return Quick::Unsure;
             };
             // One comparison for the commonest plan (a `match` on the plan is a jump table).
@@ -495,9 +493,7 @@ unsafe fn quick_migrating(
     // `one_key_fast` read both from the context (its layout was checked: `DIRECT_ARGC`).
     let argv = context_argv(fctx);
     let argc = context_argc(fctx).max(0) as usize;
-    let Some(entry) =
-        short_name_word(*argv).and_then(|(w, len)| st.commands.get_short_word(w, len))
-    else {
+    let Some(entry) = short_named_entry(st, *argv) else {
         return false;
     };
     let Some(pos) = entry.one_key_at(argc) else {
@@ -544,9 +540,7 @@ unsafe fn quick_moved(
     // command a register.
     let argv = context_argv(fctx);
     let key_first = context_argc(fctx) >= 2
-        && short_name_word(*argv)
-            .and_then(|(w, len)| st.commands.get_short_word(w, len))
-            .is_some_and(|entry| entry.keys_start_at_argument_1());
+        && short_named_entry(st, *argv).is_some_and(|entry| entry.keys_start_at_argument_1());
     answer_with_cached_line(fctx, client, slot, key_first, line);
     true
 }
@@ -711,6 +705,19 @@ unsafe fn short_name_word(s: *const raw::RedisModuleString) -> Option<(u64, usiz
     }
     let window = std::ptr::read_unaligned(name.as_ptr().add(len).sub(8) as *const u64);
     Some((u64::from_le(window) >> (64 - 8 * len), len))
+}
+
+/// The table entry of a command named by [`short_name_word`]'s kind of string (the fast path's
+/// lookup).
+///
+/// # Safety
+/// As [`short_name_word`].
+#[inline(always)]
+unsafe fn short_named_entry(
+    st: &State,
+    name: *const raw::RedisModuleString,
+) -> Option<&crate::command_table::CommandEntry> {
+    short_name_word(name).and_then(|(word, len)| st.commands.get_short_word(word, len))
 }
 
 /// [`slow_filter`] under the panic guard, for what [`one_key_fast`] sends to the full rules.
