@@ -190,12 +190,10 @@ def test_redis_cli_cluster_fix_on_uncovered_slots_fails_pointing_at_the_tool(ser
     assert code != 0 and "umcluster admin tool" in out, out
 
 
-def test_countkeysinslot_and_getkeysinslot_on_a_loaded_node(servers):
+def test_countkeysinslot_and_getkeysinslot_on_a_loaded_node(node):
     """COUNTKEYSINSLOT counts every key of the slot (in the caller's database); GETKEYSINSLOT
     returns up to `count` of them, all of the slot's when it has fewer, and stops early."""
-    node = servers.start()
-    assert raw(node, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "c", node.addr, "1",
-               "0-16383") == "OK"
+    configure(node)
     # 40,000 keys: about 2.4 per slot; slot 12182 ("foo") gets 50 more by hash tag.
     assert raw(node, "DEBUG", "POPULATE", "40000", "k") == "OK"
     c = node.client()
@@ -212,13 +210,11 @@ def test_countkeysinslot_and_getkeysinslot_on_a_loaded_node(servers):
     assert node.client(db=2).execute_command("CLUSTER", "COUNTKEYSINSLOT", "12182") == 0
 
 
-def test_countkeysinslot_counts_in_slices_and_serves_other_clients_meanwhile(servers):
+def test_countkeysinslot_counts_in_slices_and_serves_other_clients_meanwhile(node):
     """Counting a slot's keys visits the whole keyspace (about 11 s for 10 M keys): the module
     blocks the asking client and counts in slices of 2 ms, so others are served in between.
     Inside MULTI or a script the client cannot block and the count is done at once."""
-    node = servers.start()
-    assert raw(node, "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "c", node.addr, "1",
-               "0-16383") == "OK"
+    configure(node)
     assert raw(node, "DEBUG", "POPULATE", "1000000", "k") == "OK"
     slot = key_slot("k:7")
     with RawConnection(node.port) as counting, RawConnection(node.port) as other:
