@@ -9,14 +9,16 @@
 //! rollback) drops it. A task is `done` when a complete pass over every database found no key of
 //! its slots; `INFOMGR` lists it from then on so the control plane can commit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::reply::Reply;
 use crate::topology::{GroupKind, MigrationMeta, SlotRange, Topology};
-use crate::transfer::{Batch, Collection, Link, Payload, StreamId};
+use crate::transfer::{Batch, Collection, Entry, Link, Payload, StreamId};
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +135,10 @@ pub struct Task {
     /// Big collections met by the scan, moved in pieces one at a time (the front one is read),
     /// ahead of further scanning.
     pub big: VecDeque<BigKey>,
+    /// Keys (database, name) whose `DUMP` payload the destination refused: a collection among
+    /// them goes in pieces next time (they do not depend on the RDB format, so a destination of
+    /// an older version takes them).
+    pub dump_refused: HashSet<(i32, Vec<u8>)>,
 }
 
 /// Most of the event loop a migration tick takes while the clients leave it idle; also the
@@ -247,6 +253,9 @@ pub struct Pipeline {
     /// Keys (database, name) to serialize again: they changed or vanished behind the fence
     /// (expiry, eviction, `FLUSHALL`) while a copy was on its way.
     pub resend: Vec<(i32, Vec<u8>)>,
+    /// Keys (database, name) the destination refused whose tombstone is on its way (see
+    /// [`Pipeline::split_refused`]): once it is acknowledged they are unfenced, not sent again.
+    releasing: Vec<(i32, Bytes)>,
     /// Fenced keys by [`fingerprint`], with a count (a name can be fenced in several databases,
     /// or share a fingerprint with another: that only fences the other needlessly for a moment).
     fenced: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
@@ -393,6 +402,70 @@ impl Pipeline {
         keys
     }
 
+    /// A batch taken with [`Pipeline::take_acked`] whose entry `n` the destination refused (see
+    /// [`crate::transfer::refused_entry`]): the entries before it were applied there, none after
+    /// it. Parks the entries after it (still fenced, sent again first) and lets the refused key
+    /// go — unfenced, so clients go on using it here, and the scan meets it again on a later pass
+    /// — rather than holding it, and the batch with it, fenced for as long as the destination
+    /// cannot take it (a module type it lacks, a `DUMP` of a newer version). If the batch may
+    /// have reached the destination before (a link failed after it was sent), an earlier copy
+    /// may be there: a tombstone goes first, and the key is unfenced when that is acknowledged
+    /// ([`Pipeline::release`]). Returns the applied part, to finish like an acknowledged batch.
+    pub fn split_refused(&mut self, sent: Sent, n: usize) -> Batch {
+        let batch = &sent.batch;
+        let applied = batch.entries[..n.min(batch.entries.len())].to_vec();
+        let mut rest = Vec::new();
+        if let Some(refused) = batch.entries.get(n) {
+            if refused.payload == Payload::Tombstone {
+                rest.push(refused.clone());
+            } else if sent.maybe_delivered {
+                self.releasing.push((batch.db, refused.key.clone()));
+                rest.push(Entry {
+                    key: refused.key.clone(),
+                    payload: Payload::Tombstone,
+                    expire_at_ms: 0,
+                });
+            } else {
+                self.unfence(&refused.key);
+            }
+        }
+        rest.extend(batch.entries.iter().skip(n + 1).cloned());
+        if !rest.is_empty() {
+            let id = self.next_id();
+            self.park(Sent {
+                batch: Arc::new(Batch {
+                    id,
+                    db: batch.db,
+                    bytes: rest.iter().map(Entry::weight).sum(),
+                    entries: rest,
+                }),
+                maybe_delivered: sent.maybe_delivered,
+            });
+        }
+        Batch {
+            id: batch.id,
+            db: batch.db,
+            bytes: applied.iter().map(Entry::weight).sum(),
+            entries: applied,
+        }
+    }
+
+    /// Whether `key` of `db` was refused by the destination and its tombstone (just
+    /// acknowledged) was all that had to go: then it is unfenced like a moved key, not sent again.
+    pub fn release(&mut self, db: i32, key: &[u8]) -> bool {
+        match self
+            .releasing
+            .iter()
+            .position(|(d, k)| *d == db && k[..] == *key)
+        {
+            Some(at) => {
+                self.releasing.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets everything (the node became a replica: its master's deletes will follow).
     pub fn reset(&mut self) {
         *self = Pipeline {
@@ -431,6 +504,7 @@ impl Task {
             keys_per_sec: 0,
             pipe: Pipeline::default(),
             big: VecDeque::new(),
+            dump_refused: HashSet::new(),
         }
     }
 
@@ -485,6 +559,23 @@ impl Task {
         self.retry_at_ms = now_ms + backoff_ms * factor;
         // Keys that failed to move are still here: the pass cannot end the task.
         self.found_this_pass += 1;
+    }
+
+    /// The destination refused one key of a batch and took the others (see
+    /// [`Pipeline::split_refused`]): counted and shown, and the move goes on.
+    pub fn refused(&mut self, error: String) {
+        self.errors += 1;
+        self.last_error = error;
+    }
+
+    /// A pass ended that found keys but moved none (the destination refused them all): the next
+    /// pass waits `backoff_ms`, doubled for every such pass in a row up to 64 times that, so a
+    /// key that cannot move does not keep the mover scanning every database.
+    pub fn moved_nothing(&mut self, now_ms: u64, backoff_ms: u64) {
+        let factor = 1u64 << self.consecutive_failures.min(6);
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.state = TaskState::Retrying;
+        self.retry_at_ms = now_ms + backoff_ms * factor;
     }
 
     /// A pass over every database ended. Returns whether the task is now done.
@@ -693,6 +784,37 @@ mod tests {
     }
 
     #[test]
+    fn passes_that_move_nothing_thin_out_until_a_key_moves() {
+        let t = topology(MIGRATING);
+        let mut tasks = Vec::new();
+        sync(&mut tasks, Some(&t));
+        let task = &mut tasks[0];
+        task.refused("destination refused key 'k' of db 0: Bad data format".into());
+        assert_eq!(
+            (task.errors, task.state),
+            (1, TaskState::Running),
+            "no pause for one key"
+        );
+        let waits: Vec<u64> = (0..9)
+            .map(|_| {
+                task.moved_nothing(1000, 500);
+                assert_eq!(task.state, TaskState::Retrying);
+                task.retry_at_ms - 1000
+            })
+            .collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 32000, 32000]
+        );
+        task.moved(1, 10, 2000);
+        task.moved_nothing(3000, 500);
+        assert_eq!(
+            task.retry_at_ms, 3500,
+            "a key moved: back to the first pause"
+        );
+    }
+
+    #[test]
     fn a_failed_batch_retries_later_and_keeps_the_pass_open() {
         let t = topology(MIGRATING);
         let mut tasks = Vec::new();
@@ -816,6 +938,67 @@ mod tests {
         p.link_failed(false);
         assert!(!p.is_fenced(b"d"));
         assert_eq!(p.keys, 2);
+    }
+
+    #[test]
+    fn a_refused_key_is_let_go_and_the_keys_after_it_are_sent_again() {
+        let mut p = Pipeline::default();
+        let sent = batch(&mut p, &["a", "b", "c", "d"]);
+        p.sent(sent);
+        let refused = p.take_acked(1).unwrap();
+        let applied = p.split_refused(refused, 1);
+        let names = |b: &Batch| b.entries.iter().map(|e| e.key.to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&applied),
+            [b"a".to_vec()],
+            "applied: the entries before it"
+        );
+        assert_eq!((applied.id, applied.bytes), (1, 2));
+        assert!(
+            !p.is_fenced(b"b"),
+            "never delivered anywhere: clients may use it at once"
+        );
+        assert!(p.is_fenced(b"a") && p.is_fenced(b"c") && p.is_fenced(b"d"));
+        assert_eq!(p.parked.len(), 1);
+        let rest = &p.parked[0].batch;
+        assert_eq!(names(rest), [b"c".to_vec(), b"d".to_vec()]);
+        assert!(rest.id > 1, "a new id: it goes after what is in flight");
+        assert_eq!((p.keys, p.bytes), (2, 4));
+        assert!(
+            !p.release(0, b"b"),
+            "nothing to release: no tombstone was sent"
+        );
+
+        // The last entry refused: nothing is sent again.
+        let mut p = Pipeline::default();
+        let sent = batch(&mut p, &["a", "b"]);
+        p.sent(sent);
+        let refused = p.take_acked(1).unwrap();
+        assert_eq!(p.split_refused(refused, 1).entries.len(), 1);
+        assert!(p.parked.is_empty() && p.idle() && !p.is_fenced(b"b"));
+    }
+
+    #[test]
+    fn a_refused_key_of_a_batch_that_may_have_arrived_before_goes_as_a_tombstone_first() {
+        let mut p = Pipeline::default();
+        let mut sent = batch(&mut p, &["a", "b"]);
+        sent.maybe_delivered = true;
+        p.sent(sent);
+        let refused = p.take_acked(1).unwrap();
+        assert!(p.split_refused(refused, 0).entries.is_empty());
+        assert!(
+            p.is_fenced(b"a"),
+            "an earlier copy may be there: fenced until it is deleted"
+        );
+        let rest = &p.parked[0].batch;
+        assert_eq!(rest.entries[0].key, &b"a"[..]);
+        assert_eq!(rest.entries[0].payload, crate::transfer::Payload::Tombstone);
+        assert_eq!(rest.entries[1].key, &b"b"[..]);
+        assert!(
+            p.release(0, b"a"),
+            "its tombstone, once acknowledged, releases it"
+        );
+        assert!(!p.release(0, b"a") && !p.release(0, b"b"));
     }
 
     fn piece(p: &mut Pipeline, db: i32, key: &str, first: bool, last: bool) -> Sent {

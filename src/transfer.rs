@@ -226,6 +226,19 @@ pub struct Entry {
     pub expire_at_ms: i64,
 }
 
+impl Entry {
+    /// The name's and the value's bytes (what the progress counters report).
+    pub fn weight(&self) -> u64 {
+        self.key.len() as u64
+            + match &self.payload {
+                Payload::Str(v) => v.len() as u64,
+                Payload::Dump(v) => v.len() as u64,
+                Payload::Tombstone => 0,
+                Payload::Piece(p) => p.elements.len() as u64,
+            }
+    }
+}
+
 /// Keys of one logical database sent together; acknowledged as a whole.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -281,6 +294,27 @@ fn rdb_len(len: u64, out: &mut Vec<u8>) {
 /// The destination's command for a batch (see `ffi::import`):
 /// `umcluster.import <db> <key> <spec> <value> [<key> <spec> <value> ...]`.
 pub const IMPORT_COMMAND: &str = "umcluster.import";
+
+/// The error an import answers when the server refused one of its entries (a `DUMP` payload of
+/// a module type the destination lacks, or of a newer RDB version): every entry before entry
+/// `n` was applied, none after it. The source reads `n` back with [`refused_entry`], finishes the
+/// applied keys and sends the rest again without the refused one.
+pub fn refused_entry_error(n: usize, error: &str) -> String {
+    let error = error.strip_prefix("ERR ").unwrap_or(error);
+    format!("ERR {IMPORT_COMMAND}: entry {n} refused: {error}")
+}
+
+/// The entry an error of [`refused_entry_error`] names, and the server's own words; `None` for
+/// any other error (a refusal of the whole import, or one from an older module).
+pub fn refused_entry(error: &str) -> Option<(usize, &str)> {
+    let rest = error.strip_prefix("ERR ")?.strip_prefix(IMPORT_COMMAND)?;
+    let rest = rest.strip_prefix(": entry ")?;
+    let (n, why) = rest.split_once(" refused: ")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((n.parse().ok()?, why))
+}
 
 /// How a link delivers keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -874,6 +908,32 @@ fn reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_entry_is_named_and_read_back_and_nothing_else_reads_as_one() {
+        let error = refused_entry_error(17, "ERR Bad data format");
+        assert_eq!(
+            error,
+            "ERR umcluster.import: entry 17 refused: Bad data format"
+        );
+        assert_eq!(refused_entry(&error), Some((17, "Bad data format")));
+        let unknown = refused_entry_error(0, "ERR unknown command 'RESTORE'");
+        assert_eq!(
+            refused_entry(&unknown),
+            Some((0, "unknown command 'RESTORE'"))
+        );
+        for other in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "ERR umcluster.import: not a migration source of these slots for this node",
+            "ERR umcluster.import: entry  refused: x",
+            "ERR umcluster.import: entry -1 refused: x",
+            "ERR umcluster.import: entry 99999999999999999999999 refused: x",
+            "ERR unknown command 'umcluster.import'",
+            "",
+        ] {
+            assert_eq!(refused_entry(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn big_batches_get_longer_to_answer() {

@@ -31,7 +31,8 @@ use crate::router::SlotRoute;
 use crate::slot::key_slot;
 use crate::state::{self, State};
 use crate::transfer::{
-    parse_import_spec, read_stream_piece, unpack_elements, Collection, ImportKind, IMPORT_COMMAND,
+    parse_import_spec, read_stream_piece, refused_entry_error, unpack_elements, Collection,
+    ImportKind, IMPORT_COMMAND,
 };
 
 /// Flags of `umcluster.import`: a write (refused on a read-only replica and under OOM like
@@ -223,12 +224,13 @@ unsafe fn import(
     }
     rm!(RedisModule_FreeString)(ctx, replace);
     rm!(RedisModule_FreeString)(ctx, absttl);
-    // What came before a refused entry is applied, and propagated; the source sends the whole
-    // batch again, which is harmless: every entry replaces.
+    // What came before a refused entry is applied, and propagated; the error names the entry, so
+    // the source finishes the keys before it and sends the ones after it again (a source that
+    // cannot read the index sends the whole batch again, which is harmless: every entry replaces).
     let applied = refused.as_ref().map_or(entries.len(), |(n, _)| *n);
     propagate(ctx, args, &entries[..applied], &expired);
     rm!(RedisModule_SelectDb)(ctx, previous_db);
-    refused.map_or(Ok(()), |(_, text)| Err(text))
+    refused.map_or(Ok(()), |(n, text)| Err(refused_entry_error(n, &text)))
 }
 
 /// Applies a piece of a big collection (see `transfer::Piece`): the first replaces what the key

@@ -45,6 +45,7 @@
 //! the destination's).
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::ffi::c_void;
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +63,8 @@ use crate::resp::Value;
 use crate::slot::key_slot;
 use crate::state::{self, State};
 use crate::transfer::{
-    pack_element, Batch, Collection, Delivery, Entry, Event, Link, LinkConfig, Payload, Piece,
-    StreamId, IMPORT_COMMAND,
+    pack_element, refused_entry, Batch, Collection, Delivery, Entry, Event, Link, LinkConfig,
+    Payload, Piece, StreamId, IMPORT_COMMAND,
 };
 
 /// Most keys in one batch.
@@ -453,6 +454,7 @@ unsafe fn step_task(
             if !task.pipe.idle() {
                 break;
             }
+            let moved_nothing = task.moved_this_pass == 0;
             if task.end_pass() {
                 task.pipe.link = None;
                 log_notice(&format!(
@@ -462,6 +464,10 @@ unsafe fn step_task(
                     task.keys_moved
                 ));
                 return Want::Nothing;
+            }
+            if moved_nothing {
+                task.moved_nothing(now_ms(), RETRY_BACKOFF_MS);
+                break;
             }
             continue;
         }
@@ -741,7 +747,7 @@ unsafe fn next_piece(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool {
         // The last piece's entry holds the key's fence from here on.
         task.big.pop_front();
     }
-    let bytes = entry.key.len() as u64 + payload_len(&entry.payload);
+    let bytes = entry.weight();
     let batch = Batch {
         id: task.pipe.next_id(),
         db,
@@ -865,10 +871,47 @@ unsafe fn handle_events(
                 }
             },
             Event::Refused { id, error } => {
-                let task = &mut st.migrations[i];
-                if let Some(sent) = task.pipe.take_acked(id) {
-                    task.pipe.park(sent);
+                let Some(sent) = st.migrations[i].pipe.take_acked(id) else {
+                    link_error(st, i, format!("reply for batch {id} out of order"), true);
+                    return;
+                };
+                if let Some((n, why)) = refused_entry(&error) {
+                    // One key refused (a piece goes the way of any failed piece, below).
+                    if let Some(e) = sent.batch.entries.get(n).filter(|e| !is_piece(e)) {
+                        let error = format!(
+                            "destination refused key '{}' of db {}: {why}",
+                            String::from_utf8_lossy(&e.key),
+                            sent.batch.db
+                        );
+                        refused_key(ctx, st, i, sent, n);
+                        let task = &mut st.migrations[i];
+                        let parked = &task.pipe.parked;
+                        if parked.iter().any(|s| s.batch.entries.iter().any(is_piece)) {
+                            // Pieces must arrive in order: their keys start over on a new link.
+                            link_error(st, i, error, true);
+                            return;
+                        }
+                        // The link is fine: the rest goes again on it, after what is in flight.
+                        for sent in task.pipe.take_parked() {
+                            hand_over(&mut task.pipe, sent);
+                        }
+                        task.refused(error);
+                        st.stats.migration_errors += 1;
+                        if task.errors.is_power_of_two() {
+                            log_warning(&format!(
+                                "umcluster: migration of {} to {}: {} ({} errors so far); the key \
+                                 stays here and is tried again on the next pass",
+                                ranges(task),
+                                task.meta.dst_proxy,
+                                task.last_error,
+                                task.errors
+                            ));
+                        }
+                        continue;
+                    }
                 }
+                let task = &mut st.migrations[i];
+                task.pipe.park(sent);
                 if task.pipe.delivery == Delivery::Import && unknown_command(&error) {
                     // A destination without this module (or an older one): plain RESTOREs.
                     log_notice(&format!(
@@ -890,6 +933,31 @@ unsafe fn handle_events(
             }
         }
     }
+}
+
+/// The destination refused entry `n` of a batch and applied the ones before it: finishes those,
+/// lets the refused key go and sends the rest again ([`Pipeline::split_refused`]). A collection
+/// whose `DUMP` was refused goes in pieces when the scan meets it again.
+unsafe fn refused_key(
+    ctx: *mut raw::RedisModuleCtx,
+    st: &mut State,
+    i: usize,
+    sent: Sent,
+    n: usize,
+) {
+    let task = &mut st.migrations[i];
+    if let Payload::Dump(_) = sent.batch.entries[n].payload {
+        let key = (sent.batch.db, sent.batch.entries[n].key.to_vec());
+        task.dump_refused.insert(key);
+    }
+    let applied = task.pipe.split_refused(sent, n);
+    if !applied.entries.is_empty() {
+        finish_batch(ctx, st, i, &applied);
+    }
+}
+
+fn is_piece(e: &Entry) -> bool {
+    matches!(e.payload, Payload::Piece(_))
 }
 
 /// Whether a refusal says the destination has no such command.
@@ -959,9 +1027,15 @@ unsafe fn finish_batch(ctx: *mut raw::RedisModuleCtx, st: &mut State, i: usize, 
             // deleted just above; it must not read as vanished, which would send a tombstone
             // after the copy.
             Some(false) if batch.entries[..n].iter().any(|prev| prev.key == e.key) => {}
+            // The tombstone of a refused key (the key stays here, unfenced below).
+            Some(false)
+                if e.payload == Payload::Tombstone
+                    && st.migrations[i].pipe.release(batch.db, &e.key) => {}
             Some(false) => resend.push((batch.db, e.key.to_vec())),
             // A tombstone was delivered: nothing is left here to delete.
-            None => {}
+            None => {
+                st.migrations[i].pipe.release(batch.db, &e.key);
+            }
         }
         if !key.is_null() {
             rm!(RedisModule_CloseKey)(key);
@@ -1120,7 +1194,7 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
             // Already fenced: the fence stays until this copy is acknowledged.
             match entry {
                 Some(e) => {
-                    batch.bytes += e.key.len() as u64 + payload_len(&e.payload);
+                    batch.bytes += e.weight();
                     batch.entries.push(e);
                 }
                 None if split => {}
@@ -1141,15 +1215,6 @@ unsafe fn resend_changed(ctx: *mut raw::RedisModuleCtx, task: &mut Task) -> bool
     }
     rm!(RedisModule_SelectDb)(ctx, previous_db);
     true
-}
-
-fn payload_len(p: &Payload) -> u64 {
-    match p {
-        Payload::Str(v) => v.len() as u64,
-        Payload::Dump(v) => v.len() as u64,
-        Payload::Tombstone => 0,
-        Payload::Piece(p) => p.elements.len() as u64,
-    }
 }
 
 /// Copies an open key: a string's bytes, or the server's `DUMP` of any other type; with its
@@ -1197,6 +1262,9 @@ struct Collect<'a> {
     to_weigh: Vec<(Vec<u8>, i64, Collection)>,
     /// Big collections may go in pieces (the destination takes imports).
     split: bool,
+    /// The task's keys whose `DUMP` the destination refused, and the database scanned.
+    dump_refused: &'a HashSet<(i32, Vec<u8>)>,
+    db: i32,
     /// Big collections met, to move in pieces.
     big: Vec<Vec<u8>>,
     bytes: u64,
@@ -1209,6 +1277,11 @@ struct Collect<'a> {
 const ARENA_CHUNK: usize = 16 * 1024;
 
 impl Collect<'_> {
+    /// Whether the destination refused the `DUMP` of key `name` of the scanned database.
+    fn refused(&self, name: &[u8]) -> bool {
+        !self.dump_refused.is_empty() && self.dump_refused.contains(&(self.db, name.to_vec()))
+    }
+
     /// `bytes` copied into the batch's buffer, as a view of their own (a value larger than a
     /// chunk gets a buffer of its own size).
     fn keep(&mut self, bytes: &[u8]) -> Bytes {
@@ -1257,6 +1330,14 @@ unsafe extern "C" fn scan_callback(
                     }
                     None => c.pipe.unfence(name),
                 }
+            } else if let Some(of) = collection_kind(key).filter(|_| c.split && c.refused(name)) {
+                // Its `DUMP` was refused: pieces do not depend on the RDB format. (A stream
+                // with consumer groups still goes whole: the weighing sends it back to `DUMP`.)
+                if of == Collection::Stream {
+                    c.to_weigh.push((name.to_vec(), expire_at_ms, of));
+                } else {
+                    c.big.push(name.to_vec());
+                }
             } else if c.split && big_collection(key).is_some() {
                 c.big.push(name.to_vec());
             } else if let Some(of) = worth_weighing(key).filter(|_| c.split) {
@@ -1293,6 +1374,8 @@ unsafe fn collect_batch(
     let mut c = Collect {
         slots: &task.slots,
         pipe: &mut task.pipe,
+        dump_refused: &task.dump_refused,
+        db: task.db,
         arena: BytesMut::new(),
         entries: Vec::new(),
         to_dump: Vec::new(),

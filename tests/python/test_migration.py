@@ -789,6 +789,86 @@ def test_module_type_keys_move_whole_with_their_ttls_and_the_destinations_replic
                timeout=30, what="the destination's replica identical to it")
 
 
+def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(servers, umtype_module):
+    """The destination lacks the module type of a few keys (RESTORE answers "Bad data format"):
+    it takes every other key of their batches; the refused keys stay on the source, readable and
+    writable (not held back), the move shows the error and stays open; once the destination
+    loads the type, they move too, with the values written meanwhile."""
+    src = servers.start(extra_args=["--loadmodule", umtype_module])
+    dst = servers.start()
+    push_stable(1, src, dst)
+    c = src.client()
+    strings = keys_in(LOW, HIGH, "plain", 600)
+    for k in strings:
+        c.set(k, "v:" + k)
+    typed = keys_in(LOW, HIGH, "typed", 3)
+    for k in typed:
+        c.execute_command("UMTYPE.SET", k, "before " + k)
+    push_migrating(2, src, dst)
+    wait_until(lambda: c.dbsize() == len(typed), timeout=60,
+               what="everything but the refused keys moved")
+    d = dst.client()
+    assert d.dbsize() == len(strings)
+    assert sorted(k for k in c.scan_iter(count=1000)) == sorted(typed)
+    task = next(t for t in migrations(src) if t["role"] == "migrating")
+    assert task["state"] != "done"
+    assert "refused key 'typed" in task["last_error"] and "Bad data format" in task["last_error"], task
+    for k in typed:
+        # Not fenced: written here while the destination cannot take them.
+        assert c.execute_command("UMTYPE.SET", k, "after " + k) == "OK"
+        assert c.execute_command("UMTYPE.GET", k) == "after " + k
+    assert not task_done(src)
+    d.execute_command("MODULE", "LOAD", umtype_module)
+    wait_until(lambda: task_done(src), timeout=60, what="the refused keys moved once the type is there")
+    push_committed(3, src, dst)
+    assert c.dbsize() == 0
+    assert [d.get(k) for k in strings] == ["v:" + k for k in strings]
+    for k in typed:
+        assert d.execute_command("UMTYPE.GET", k) == "after " + k
+
+
+def test_collections_whose_dump_the_destination_refuses_move_in_pieces(servers):
+    """A destination that refuses every DUMP payload (here RESTORE is renamed away; a destination
+    of an older Redis version refuses a newer one's payloads the same way) still gets every
+    hash, set, sorted set, list and stream, small ones included, with their TTLs: a collection
+    whose DUMP was refused goes in pieces the next time the scan meets it."""
+    src = servers.start()
+    dst = servers.start(extra_args=["--rename-command", "RESTORE", ""])
+    push_stable(1, src, dst)
+    c = src.client()
+    collections = keys_in(LOW, HIGH, "coll", 50)
+    for i, k in enumerate(collections):
+        kind = i % 5
+        if kind == 0:
+            c.hset(k, mapping={"f1": "a" + k, "f2": "b"})
+        elif kind == 1:
+            c.sadd(k, "m1", "m2" + k)
+        elif kind == 2:
+            c.zadd(k, {"m1": 1.5, "m2" + k: -2})
+        elif kind == 3:
+            c.rpush(k, "e1", "e2" + k, "e1")
+        else:
+            c.xadd(k, {"f": "v" + k}, id="1-1")
+            c.xadd(k, {"f": "w"}, id="2-5")
+        if i % 3 == 0:
+            c.expire(k, 3600)
+    strings = keys_in(LOW, HIGH, "str", 100)
+    for k in strings:
+        c.set(k, "text " + k)
+    before = {k: (value(c, k), c.pttl(k)) for k in collections}
+    pieces_before = c.info("umcluster")["umcluster_migration_pieces"]
+    move_and_commit(src, dst)
+    d = dst.client()
+    for k, (val, ttl) in before.items():
+        assert value(d, k) == val, k
+        assert same_ttl(ttl, d.pttl(k)), (k, ttl, d.pttl(k))
+    assert [d.get(k) for k in strings] == ["text " + k for k in strings]
+    assert c.dbsize() == 0
+    stats = c.info("umcluster")
+    assert stats["umcluster_migration_pieces"] - pieces_before >= len(collections)
+    assert stats["umcluster_migration_errors"] >= len(collections)
+
+
 def stream_state(client, k):
     info = client.xinfo_stream(k)
     return {f: info[f] for f in ("length", "last-generated-id", "max-deleted-entry-id",
