@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the hardening tests (fault injection, bad-input matrix, churn), the filter-paths test
 # (the fast path reads argument strings straight from server memory), the redirect-cache test
-# (strings and replies the module keeps and hands to the server) and three tests of moving slots
+# (strings and replies the module keeps and hands to the server) and tests of moving slots
 # (the caller's database read from the client struct, the quick paths, a big collection moved in
-# pieces) with every redis-server under `valgrind --leak-check=full`, then reports the leak
-# records whose stack goes through libumcluster. Exit status 1 when there is one.
+# pieces, module-type keys, keys the destination refuses) with every redis-server under
+# `valgrind --leak-check=full`, then reports the leak records whose stack goes through
+# libumcluster. Exit status 1 when there is one.
 #
 # Debian's redis-server uses the system jemalloc; --soname-synonyms makes valgrind replace it, so
 # the module's RedisModule_Alloc blocks (which end in jemalloc's malloc) are tracked too.
@@ -25,6 +26,8 @@ export FILTER_PATHS_ROUNDS="${FILTER_PATHS_ROUNDS:-600}"
     tests/python/test_migration.py::test_transactions_on_a_migrating_slot_keep_the_transaction_rules \
     tests/python/test_migration.py::test_a_big_collection_that_expires_midway_is_removed_from_the_destination_too \
     tests/python/test_migration.py::test_module_type_keys_move_whole_with_their_ttls_and_the_destinations_replica_follows \
+    tests/python/test_migration.py::test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves \
+    tests/python/test_migration.py::test_collections_whose_dump_the_destination_refuses_move_in_pieces \
     "$@"
 
 echo "valgrind logs: $LOGS"

@@ -1,12 +1,14 @@
 //! Fuzz target: one `umcluster.import` entry as the destination reads it, its spec and its value
 //! (the spec is the input up to the first newline, the value the rest). Whatever a source or a
 //! forged client sends: parsed or refused, never a panic; a piece's elements never read past
-//! their argument, and a stream piece read is well formed.
+//! their argument, and a stream piece read is well formed. The input as an import's error reply
+//! (the source reads which entry the destination refused): the index it names survives a round trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use umcluster::transfer::{
-    parse_import_spec, read_stream_piece, unpack_elements, Collection, ImportKind,
+    parse_import_spec, read_stream_piece, refused_entry, refused_entry_error, unpack_elements,
+    Collection, ImportKind,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -27,5 +29,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for of in [Collection::Hash, Collection::List] {
         let _ = unpack_elements(data, of);
+    }
+    let error = String::from_utf8_lossy(data);
+    if let Some((n, why)) = refused_entry(&error) {
+        let again = refused_entry_error(n, why);
+        assert_eq!(refused_entry(&again).map(|(m, _)| m), Some(n));
     }
 });
