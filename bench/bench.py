@@ -10,10 +10,10 @@ Three parts, each printing a table:
               command inside processCommand (the allocation proof) and the cost of a MOVED reply.
   throughput  redis-benchmark, 50 clients, -P 1 and -P 16, plain vs module vs plain behind
               haproxy (TCP mode: the cheapest possible proxy hop), alternating runs, median
-              ratios and p50/p99 latency.
+              ratios, p50/p99 latency, and the serving processes' CPU time per request.
 
 Usage: bench/bench.py [instr|throughput|all] [--rounds N] [--requests N] [--instr-runs N]
-                      [--commands GET,SET]
+                      [--commands GET,SET] [--pin]
 
 Needs redis-server, redis-benchmark, redis-cli (redis-tools), valgrind, haproxy (Debian packages:
 `apt-get install redis-server redis-tools valgrind haproxy`), and the release build of the module
@@ -350,13 +350,41 @@ def instr(opts, workdir):
 
 # --- throughput -------------------------------------------------------------------------------
 
-def bench_once(port, args, pipeline, n, clients=50):
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", str(clients),
-                          "-P", str(pipeline), "--csv", *args],
+def cpu_ns(pids):
+    """On-CPU time (user + system, ns) of every thread of these processes so far, from the
+    scheduler's own accounting (/proc/PID/task/TID/schedstat): exact, unlike the 10 ms ticks of
+    /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a thread that ended meanwhile
+    return total
+
+
+def pin(pids, cpu):
+    """Every thread of these processes onto one CPU."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), {cpu})
+
+
+def bench_once(port, args, pipeline, n, pids, clients=50, client_cpu=None):
+    """One redis-benchmark run (on CPU `client_cpu` if given): rps, p50 and p99 latency (ms), and
+    the CPU time the serving processes (`pids`) spent per request (ns)."""
+    before = cpu_ns(pids)
+    taskset = [] if client_cpu is None else ["taskset", "-c", str(client_cpu)]
+    out = subprocess.run([*taskset, "redis-benchmark", "-p", str(port), "-n", str(n),
+                          "-c", str(clients), "-P", str(pipeline), "--csv", *args],
                          check=True, capture_output=True, text=True).stdout
+    spent = cpu_ns(pids) - before
     rows = list(csv.DictReader(io.StringIO(out)))
     row = rows[-1]
-    return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
+    return (float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]),
+            spent / n)
 
 
 def throughput(opts, workdir):
@@ -364,6 +392,15 @@ def throughput(opts, workdir):
     module = Server("module-all", workdir)
     proxy = HAProxy(plain.port, workdir)
     targets = {"plain": plain.port, "module": module.port, "haproxy": proxy.port}
+    # Who does the work for each target: the hop's cost is haproxy's CPU plus the server's.
+    serving = {"plain": [plain.proc.pid], "module": [module.proc.pid],
+               "haproxy": [proxy.proc.pid, plain.proc.pid]}
+    client_cpu = None
+    if opts.pin:
+        # The servers (and haproxy, a server-side hop) on the last CPU, redis-benchmark on the
+        # first: the server does not share its core with the load generator, as on a real host.
+        pin([plain.proc.pid, module.proc.pid, proxy.proc.pid], os.cpu_count() - 1)
+        client_cpu = 0
     wanted = [c.upper() for c in opts.commands.split(",")]
     loads = [w for w in workloads(plain.sha) if w[0] in wanted]
     runs = {}  # (label, P, target) -> [(rps, p50, p99)] per round
@@ -376,22 +413,28 @@ def throughput(opts, workdir):
                     n = opts.requests * (4 if p == 16 else 1)
                     for t in order:
                         runs.setdefault((label, p, t), []).append(
-                            bench_once(targets[t], args, p, n))
+                            bench_once(targets[t], args, p, n, serving[t],
+                                       client_cpu=client_cpu))
     finally:
         proxy.stop()
         module.stop()
         plain.stop()
     print(f"\nThroughput, 50 clients, {opts.rounds} alternating rounds (medians; ratios "
-          "are medians of per-round ratios to plain)")
-    print("| command | -P | plain rps | module/plain | haproxy/plain | p50 ms plain / module / "
-          "haproxy | p99 ms plain / module / haproxy |")
-    print("|---|---|---|---|---|---|---|")
+          "are medians of per-round ratios to plain). CPU per request: on-CPU time of the "
+          "serving processes (the server; haproxy and the server behind it) over the run")
+    print("| command | -P | plain rps | module/plain | haproxy/plain | CPU µs/request plain / "
+          "module / haproxy+plain | CPU module/plain | p50 ms plain / module / haproxy | "
+          "p99 ms plain / module / haproxy |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, _ in loads:
         for p in (1, 16):
             pl, mo, hp = (runs[(label, p, t)] for t in ("plain", "module", "haproxy"))
             ratio = lambda xs: statistics.median(x[0] / y[0] for x, y in zip(xs, pl))
+            cpu_ratio = lambda xs: statistics.median(x[3] / y[3] for x, y in zip(xs, pl))
             med = lambda xs, i: statistics.median(x[i] for x in xs)
             print(f"| {label} | {p} | {med(pl, 0):.0f} | {ratio(mo):.3f} | {ratio(hp):.3f} | "
+                  f"{med(pl, 3) / 1000:.2f} / {med(mo, 3) / 1000:.2f} / {med(hp, 3) / 1000:.2f} | "
+                  f"{cpu_ratio(mo):.3f} | "
                   f"{med(pl, 1):.3f} / {med(mo, 1):.3f} / {med(hp, 1):.3f} | "
                   f"{med(pl, 2):.3f} / {med(mo, 2):.3f} / {med(hp, 2):.3f} |")
     return runs
@@ -404,6 +447,8 @@ def main():
     ap.add_argument("--requests", type=int, default=50000)
     ap.add_argument("--instr-runs", type=int, default=5,
                     help="server starts per mode for the instruction counts (median shown)")
+    ap.add_argument("--pin", action="store_true",
+                    help="throughput: servers on the last CPU, redis-benchmark on the first")
     ap.add_argument("--commands", default="GET,SET,MSET,EVALSHA",
                     help="commands for the throughput part (default GET,SET,MSET,EVALSHA)")
     opts = ap.parse_args()

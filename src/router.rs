@@ -85,6 +85,11 @@ pub trait Args<'a> {
     fn key_slot_among_several(&self, key: &[u8]) -> u16 {
         self.key_slot(key)
     }
+    /// The slot of a hash tag found already ([`crate::slot::tag_slot`]).
+    #[inline(always)]
+    fn tag_slot(&self, tag: &[u8]) -> u16 {
+        crate::slot::tag_slot(tag)
+    }
 }
 
 /// [`fast_path`] with the arguments behind a trait, whose methods the caller can force inline
@@ -180,25 +185,32 @@ pub fn several_keys_slot<'a>(
 /// The one slot of the keys at `first..=last` by `step`: nothing stored.
 #[inline(always)]
 fn one_slot<'a>(args: &impl Args<'a>, first: usize, last: usize, step: usize) -> Result<u16, Fast> {
-    let mut slot = None;
-    let mut pos = first;
+    let Some(key) = args.bytes(first).filter(|_| first <= last) else {
+        return Err(Fast::Slow);
+    };
+    if first == last {
+        // One key: no point looking for a tag first (see `Args::key_slot_among_several`).
+        return Ok(args.key_slot(key));
+    }
+    // Keys kept together share a hash tag, usually at the front (`{user1}.a`, `{user1}.b`): a key
+    // that starts with the first one's `{tag}` is in its slot without hashing it.
+    let tag = crate::slot::leading_tag(key);
+    let slot = match tag {
+        Some(tag) => args.tag_slot(&tag[1..tag.len() - 1]),
+        None => args.key_slot_among_several(key),
+    };
+    let mut pos = first + step;
     while pos <= last {
         let Some(key) = args.bytes(pos) else {
             return Err(Fast::Slow);
         };
-        // One key: no point looking for a tag first (see `Args::key_slot_among_several`).
-        let this = if first == last {
-            args.key_slot(key)
-        } else {
-            args.key_slot_among_several(key)
-        };
-        if slot.is_some_and(|s| s != this) {
+        let same_tag = tag.is_some_and(|tag| crate::slot::starts_with_tag(key, tag));
+        if !same_tag && args.key_slot_among_several(key) != slot {
             return Err(Fast::Slow);
         }
-        slot = Some(this);
         pos += step;
     }
-    slot.ok_or(Fast::Slow)
+    Ok(slot)
 }
 
 /// What the node does with a command.

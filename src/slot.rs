@@ -29,6 +29,42 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
     key
 }
 
+/// The `{tag}` a key starts with, braces included, when its hash tag is that (`{user1}.name`:
+/// `{user1}`); `None` otherwise (no tag, an empty one, or one further in). Any key that starts
+/// with these bytes has the same hash tag: its first `{` is the first byte, and the first `}`
+/// after it is the one that closes this prefix.
+#[inline(always)]
+pub fn leading_tag(key: &[u8]) -> Option<&[u8]> {
+    if key.first() != Some(&b'{') {
+        return None;
+    }
+    match find_byte::<b'}'>(&key[1..]) {
+        Some(close) if close > 0 => Some(&key[..close + 2]),
+        _ => None,
+    }
+}
+
+/// Whether `key` starts with `prefix`: for a tag of up to 16 bytes, two overlapping word
+/// compares instead of a call to `memcmp`.
+#[inline(always)]
+pub fn starts_with_tag(key: &[u8], prefix: &[u8]) -> bool {
+    let n = prefix.len();
+    if key.len() < n {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        word_at(key, 0) == word_at(prefix, 0) && word_at(key, n - 8) == word_at(prefix, n - 8)
+    } else {
+        key[..n] == *prefix
+    }
+}
+
+/// The slot of a hash tag's bytes (what is between the braces, found already).
+#[inline(always)]
+pub fn tag_slot(tag: &[u8]) -> u16 {
+    crc16_xmodem(tag) & MAX_SLOT
+}
+
 /// Position of the first `{`, eight bytes at a time: this scan runs over every key of every
 /// command, and a byte-by-byte loop costs about as much as the CRC itself.
 #[inline(always)]
@@ -324,6 +360,16 @@ pub mod clmul {
         crc & super::MAX_SLOT
     }
 
+    /// [`super::tag_slot`].
+    ///
+    /// # Safety
+    /// As [`key_slot`].
+    #[inline(always)]
+    pub unsafe fn tag_slot(tag: &[u8]) -> u16 {
+        // SAFETY: as above.
+        unsafe { crc16(tag) }.0 & super::MAX_SLOT
+    }
+
     /// [`super::key_slot`] with the hash tag looked for before the CRC, for the keys of
     /// multi-key commands, which in a cluster usually share a tag (`MSET {u1}.a 1 {u1}.b 2`):
     /// [`key_slot`] would hash such a key twice.
@@ -482,6 +528,12 @@ mod tests {
                 // SAFETY: as above.
                 let tag_first = unsafe { clmul::tag_first_key_slot(&key) };
                 assert_eq!(tag_first, key_slot(&key), "key {key:?}");
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe { clmul::tag_slot(&key) },
+                    tag_slot(&key),
+                    "key {key:?}"
+                );
             }
         }
         // SAFETY: as above.
@@ -510,6 +562,77 @@ mod tests {
             key_slot(b"{user1000}.followers")
         );
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    }
+
+    #[test]
+    fn tag_prefixes_compare_like_starts_with() {
+        let keys: Vec<Vec<u8>> = (0..40usize)
+            .map(|n| (0..n).map(|i| b"abc"[(i * 7 + n) % 3]).collect())
+            .collect();
+        for key in &keys {
+            for prefix in keys.iter().chain([&b"{"[..].to_vec()]) {
+                assert_eq!(
+                    starts_with_tag(key, prefix),
+                    key.starts_with(prefix),
+                    "{key:?} {prefix:?}"
+                );
+            }
+            for n in 0..=key.len() {
+                assert!(starts_with_tag(key, &key[..n]));
+                let mut other = key[..n].to_vec();
+                if let Some(last) = other.last_mut() {
+                    *last ^= 1;
+                    assert!(!starts_with_tag(key, &other));
+                }
+                if let Some(first) = other.first_mut() {
+                    *first ^= 2;
+                    assert!(!starts_with_tag(key, &other));
+                }
+            }
+        }
+        for tag in [&b"a"[..], b"user:1000", b"0123456789abcdef0123"] {
+            assert_eq!(tag_slot(tag), key_slot(&[b"{", tag, b"}x"].concat()));
+        }
+    }
+
+    #[test]
+    fn keys_that_start_with_a_leading_tag_share_its_slot() {
+        assert_eq!(leading_tag(b"{user1}.name"), Some(&b"{user1}"[..]));
+        assert_eq!(leading_tag(b"{a}"), Some(&b"{a}"[..]));
+        assert_eq!(leading_tag(b"{{a}}"), Some(&b"{{a}"[..]));
+        for none in [&b"x{a}"[..], b"{}a", b"{a", b"", b"{", b"}{a}"] {
+            assert_eq!(
+                leading_tag(none),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
+        // The property the router relies on, over keys built from a small alphabet.
+        let alphabet = [b'{', b'}', b'a', b'b'];
+        let keys: Vec<Vec<u8>> = (0..4usize.pow(6))
+            .flat_map(|n| {
+                (1..=6).map(move |len| {
+                    (0..len)
+                        .map(|i| alphabet[(n >> (2 * i)) & 3])
+                        .collect::<Vec<u8>>()
+                })
+            })
+            .collect();
+        for first in &keys {
+            let Some(tag) = leading_tag(first) else {
+                continue;
+            };
+            for other in keys.iter().filter(|k| k.starts_with(tag)) {
+                assert_eq!(
+                    hash_tag(other),
+                    hash_tag(first),
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(first),
+                    String::from_utf8_lossy(other)
+                );
+            }
+        }
     }
 
     #[test]

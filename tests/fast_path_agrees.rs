@@ -35,8 +35,16 @@ impl Rng {
 }
 
 fn random_key(rng: &mut Rng) -> String {
-    let tag = rng.pick(&["{t1}", "{t2}", "", "", ""]);
-    format!("{tag}k{}", rng.below(50))
+    // Leading tags (the shortcut for keys that share the first key's `{tag}`), and keys that look
+    // like them but are not: a tag further in, an empty tag, no closing brace, a brace doubled.
+    let tag = rng.pick(&[
+        "{t1}", "{t1}", "{t2}", "{t1}}", "{t1", "{}", "x{t1}", "{{t1}", "", "", "",
+    ]);
+    match rng.below(4) {
+        // The tag alone, or cut short: a key that is a prefix of another's tag.
+        0 => tag.to_string(),
+        _ => format!("{tag}k{}", rng.below(50)),
+    }
 }
 
 fn random_command(rng: &mut Rng) -> Vec<String> {

@@ -318,6 +318,16 @@ impl<'a, const CLMUL: bool> router::Args<'a> for Filter<CLMUL> {
         }
         crate::slot::key_slot_inline(key)
     }
+
+    #[inline(always)]
+    fn tag_slot(&self, tag: &[u8]) -> u16 {
+        #[cfg(target_arch = "x86_64")]
+        if CLMUL {
+            // SAFETY: as in `slot_of`.
+            return unsafe { crate::slot::clmul::tag_slot(tag) };
+        }
+        crate::slot::tag_slot(tag)
+    }
 }
 
 /// Both fast paths, then everything else, each under its own panic guard: a panic leaves the
