@@ -300,7 +300,6 @@ pub const IMPORT_COMMAND: &str = "umcluster.import";
 /// `n` was applied, none after it. The source reads `n` back with [`refused_entry`], finishes the
 /// applied keys and sends the rest again without the refused one.
 pub fn refused_entry_error(n: usize, error: &str) -> String {
-    let error = error.strip_prefix("ERR ").unwrap_or(error);
     format!("ERR {IMPORT_COMMAND}: entry {n} refused: {error}")
 }
 
@@ -796,7 +795,7 @@ fn writer(
             return;
         }
     }
-    let (owed_tx, owed_rx) = mpsc::channel::<(u64, usize, Duration)>();
+    let (owed_tx, owed_rx) = mpsc::channel::<Owed>();
     let reader_events = events.clone();
     let reader_addr = addr.clone();
     // The reader inherits this thread's lowered priority.
@@ -816,8 +815,17 @@ fn writer(
             Delivery::Import => encode_import(&batch, &mut buf),
             Delivery::Restore => encode_batch(&batch, &mut selected, &mut buf),
         };
-        let wait = reply_wait(config.reply_timeout, batch.bytes);
-        if owed_tx.send((batch.id, replies, wait)).is_err() {
+        let owed = Owed {
+            id: batch.id,
+            replies,
+            wait: reply_wait(config.reply_timeout, batch.bytes),
+            // `RESTORE`s: one reply per entry, after a `SELECT`'s if there is one.
+            first_entry_reply: match config.delivery {
+                Delivery::Import => None,
+                Delivery::Restore => Some(replies.saturating_sub(batch.entries.len())),
+            },
+        };
+        if owed_tx.send(owed).is_err() {
             return; // The reader stopped and has reported why.
         }
         if let Err(e) = stream.write_all(&buf) {
@@ -830,24 +838,37 @@ fn writer(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+/// What the writer tells the reader about a batch it sent.
+struct Owed {
+    id: u64,
+    /// Replies the batch's commands produce.
+    replies: usize,
+    /// How long each may take.
+    wait: Duration,
+    /// When each entry has a reply of its own (`RESTORE`s): the index of the first entry's.
+    first_entry_reply: Option<usize>,
+}
+
 /// The reader thread: reads the replies owed for each batch, in order (each within the wait the
-/// writer gave it, see [`reply_wait`]), and reports each batch.
-fn reader(
-    addr: String,
-    stream: TcpStream,
-    owed: Receiver<(u64, usize, Duration)>,
-    events: Reporter,
-) {
+/// writer gave it, see [`reply_wait`]), and reports each batch. A `RESTORE` refused is reported
+/// as the import reports a refused entry ([`refused_entry_error`]): the entries before it were
+/// restored (those after it may have been too; they are sent again, and every one replaces).
+fn reader(addr: String, stream: TcpStream, owed: Receiver<Owed>, events: Reporter) {
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
     loop {
-        let (id, replies, wait) = match owed.recv_timeout(Duration::from_secs(1)) {
+        let Owed {
+            id,
+            replies,
+            wait,
+            first_entry_reply,
+        } = match owed.recv_timeout(Duration::from_secs(1)) {
             Ok(next) => next,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut first_error: Option<String> = None;
-        for _ in 0..replies {
+        for reply in 0..replies {
             let deadline = Instant::now() + wait;
             line.clear();
             loop {
@@ -883,7 +904,11 @@ fn reader(
                 Some(b'+') => {}
                 Some(b'-') if first_error.is_none() => {
                     let text = String::from_utf8_lossy(&line[1..]);
-                    first_error = Some(text.trim_end().to_string());
+                    let text = text.trim_end();
+                    first_error = Some(match first_entry_reply {
+                        Some(first) if reply >= first => refused_entry_error(reply - first, text),
+                        _ => text.to_string(),
+                    });
                 }
                 Some(b'-') => {}
                 _ => {
@@ -914,14 +939,11 @@ mod tests {
         let error = refused_entry_error(17, "ERR Bad data format");
         assert_eq!(
             error,
-            "ERR umcluster.import: entry 17 refused: Bad data format"
+            "ERR umcluster.import: entry 17 refused: ERR Bad data format"
         );
-        assert_eq!(refused_entry(&error), Some((17, "Bad data format")));
-        let unknown = refused_entry_error(0, "ERR unknown command 'RESTORE'");
-        assert_eq!(
-            refused_entry(&unknown),
-            Some((0, "unknown command 'RESTORE'"))
-        );
+        assert_eq!(refused_entry(&error), Some((17, "ERR Bad data format")));
+        let oom = refused_entry_error(0, "OOM command not allowed");
+        assert_eq!(refused_entry(&oom), Some((0, "OOM command not allowed")));
         for other in [
             "OOM command not allowed when used memory > 'maxmemory'.",
             "ERR umcluster.import: not a migration source of these slots for this node",

@@ -875,8 +875,12 @@ unsafe fn handle_events(
                     link_error(st, i, format!("reply for batch {id} out of order"), true);
                     return;
                 };
-                if let Some((n, why)) = refused_entry(&error) {
-                    // One key refused (a piece goes the way of any failed piece, below).
+                // One key refused for what it holds (a plain `ERR`: a module type the
+                // destination lacks, a payload it cannot read). Anything else (`OOM`, `LOADING`,
+                // `READONLY` ...) is the destination's state: the batch waits for it, below, as
+                // does a piece, which goes the way of any failed piece.
+                let one_key = refused_entry(&error).filter(|(_, why)| why.starts_with("ERR "));
+                if let Some((n, why)) = one_key {
                     if let Some(e) = sent.batch.entries.get(n).filter(|e| !is_piece(e)) {
                         let error = format!(
                             "destination refused key '{}' of db {}: {why}",

@@ -669,22 +669,34 @@ def test_a_destination_without_the_module_gets_plain_restores(servers):
     assert "migrating with RESTORE" in src.log_tail(200), src.log_tail(20)
 
 
-def test_a_destination_out_of_memory_refuses_batches_and_nothing_is_lost(servers):
+@pytest.mark.parametrize("delivery", ["import", "restore"])
+def test_a_destination_out_of_memory_refuses_batches_and_nothing_is_lost(servers, delivery):
+    """OOM is the destination's state, not the key's: the batch waits (its keys stay here,
+    fenced) and goes once there is room; no key is let go as one the destination cannot take."""
     src = servers.start()
-    # A fresh server's used_memory is above 1 MB: every write is refused with OOM (noeviction).
-    dst = servers.start(extra_args=["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"])
-    push_stable(1, src, dst)
+    # A fresh server's used_memory is above 100 KB: every write is refused with OOM (noeviction).
+    dst = servers.start(with_module=delivery == "import",
+                        extra_args=["--maxmemory", "100kb", "--maxmemory-policy", "noeviction"])
+    if delivery == "import":
+        push_stable(1, src, dst)
+    else:
+        with connect(src) as r:  # only the source takes a topology
+            assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1",
+                          "0-15999", "PEER", dst.addr, "1", DST_OWN) == "OK"
     c = src.client()
     names = keys_in(LOW, HIGH, "oom", 200)
     for k in names:
         c.set(k, k)
-    push_migrating(2, src, dst)
+    push_migrating(2, src, dst, source_only=delivery == "restore")
     wait_until(lambda: any("OOM" in t.get("last_error", "") for t in migrations(src)), timeout=20,
                what="the destination refused the batch with OOM")
     assert c.dbsize() == len(names) and dst.client().dbsize() == 0
+    task = next(t for t in migrations(src) if t["role"] == "migrating")
+    assert task["state"] == "retrying" and "refused key" not in task["last_error"], task
     dst.client().config_set("maxmemory", "0")
     wait_until(lambda: task_done(src), timeout=60, what="migration done once memory is there")
-    push_committed(3, src, dst)
+    if delivery == "import":
+        push_committed(3, src, dst)
     d = dst.client()
     assert [d.get(k) for k in names] == names
     assert c.dbsize() == 0
@@ -789,14 +801,21 @@ def test_module_type_keys_move_whole_with_their_ttls_and_the_destinations_replic
                timeout=30, what="the destination's replica identical to it")
 
 
-def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(servers, umtype_module):
+@pytest.mark.parametrize("delivery", ["import", "restore"])
+def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(servers, umtype_module, delivery):
     """The destination lacks the module type of a few keys (RESTORE answers "Bad data format"):
     it takes every other key of their batches; the refused keys stay on the source, readable and
     writable (not held back), the move shows the error and stays open; once the destination
-    loads the type, they move too, with the values written meanwhile."""
+    loads the type, they move too, with the values written meanwhile. The same for a destination
+    without umcluster, which gets one RESTORE per key."""
     src = servers.start(extra_args=["--loadmodule", umtype_module])
-    dst = servers.start()
-    push_stable(1, src, dst)
+    dst = servers.start(with_module=delivery == "import")
+    if delivery == "import":
+        push_stable(1, src, dst)
+    else:
+        with connect(src) as r:  # only the source takes a topology
+            assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1",
+                          "0-15999", "PEER", dst.addr, "1", DST_OWN) == "OK"
     c = src.client()
     strings = keys_in(LOW, HIGH, "plain", 600)
     for k in strings:
@@ -804,7 +823,7 @@ def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(
     typed = keys_in(LOW, HIGH, "typed", 3)
     for k in typed:
         c.execute_command("UMTYPE.SET", k, "before " + k)
-    push_migrating(2, src, dst)
+    push_migrating(2, src, dst, source_only=delivery == "restore")
     wait_until(lambda: c.dbsize() == len(typed), timeout=60,
                what="everything but the refused keys moved")
     d = dst.client()
@@ -820,7 +839,8 @@ def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(
     assert not task_done(src)
     d.execute_command("MODULE", "LOAD", umtype_module)
     wait_until(lambda: task_done(src), timeout=60, what="the refused keys moved once the type is there")
-    push_committed(3, src, dst)
+    if delivery == "import":
+        push_committed(3, src, dst)
     assert c.dbsize() == 0
     assert [d.get(k) for k in strings] == ["v:" + k for k in strings]
     for k in typed:
