@@ -784,6 +784,21 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_falls_to_zero_when_nothing_moves() {
+        let t = topology(MIGRATING);
+        let mut tasks = Vec::new();
+        sync(&mut tasks, Some(&t));
+        let task = &mut tasks[0];
+        task.moved(500, 5000, 1000);
+        task.moved(700, 7000, 2000);
+        assert_eq!(task.keys_per_sec, 1200);
+        task.tick_rate(2500, 0);
+        assert_eq!(task.keys_per_sec, 1200, "the window is still open");
+        task.tick_rate(3100, 0);
+        assert_eq!(task.keys_per_sec, 0, "a second with nothing moved");
+    }
+
+    #[test]
     fn passes_that_move_nothing_thin_out_until_a_key_moves() {
         let t = topology(MIGRATING);
         let mut tasks = Vec::new();

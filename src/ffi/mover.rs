@@ -400,6 +400,8 @@ unsafe fn step_task(
     let now = now_ms();
     {
         let task = &mut st.migrations[i];
+        // The rate's window closes with nothing moved too (waiting, retrying): no stale rate.
+        task.tick_rate(now, 0);
         if task.state == TaskState::Retrying && now < task.retry_at_ms {
             return Want::Nothing;
         }

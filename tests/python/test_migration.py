@@ -837,6 +837,8 @@ def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(
         assert c.execute_command("UMTYPE.SET", k, "after " + k) == "OK"
         assert c.execute_command("UMTYPE.GET", k) == "after " + k
     assert not task_done(src)
+    wait_until(lambda: next(t for t in migrations(src) if t["role"] == "migrating")["keys_per_sec"] == "0",
+               timeout=10, what="no rate shown while nothing moves")
     d.execute_command("MODULE", "LOAD", umtype_module)
     wait_until(lambda: task_done(src), timeout=60, what="the refused keys moved once the type is there")
     if delivery == "import":
