@@ -880,10 +880,13 @@ unsafe fn handle_events(
                 // One key refused for what it holds (a plain `ERR`: a module type the
                 // destination lacks, a payload it cannot read). Anything else (`OOM`, `LOADING`,
                 // `READONLY` ...) is the destination's state: the batch waits for it, below, as
-                // does a piece, which goes the way of any failed piece.
+                // does a piece (it goes the way of any failed piece) and a tombstone (which
+                // would otherwise be sent again at once, for as long as it is refused).
                 let one_key = refused_entry(&error).filter(|(_, why)| why.starts_with("ERR "));
                 if let Some((n, why)) = one_key {
-                    if let Some(e) = sent.batch.entries.get(n).filter(|e| !is_piece(e)) {
+                    let whole_key =
+                        |e: &&Entry| matches!(e.payload, Payload::Str(_) | Payload::Dump(_));
+                    if let Some(e) = sent.batch.entries.get(n).filter(whole_key) {
                         let error = format!(
                             "destination refused key '{}' of db {}: {why}",
                             String::from_utf8_lossy(&e.key),
