@@ -31,8 +31,9 @@ def meta(src, dst, mepoch=1):
     return [str(mepoch), src.addr, src.addr, dst.addr, dst.addr]
 
 
-def push_stable(epoch, src, dst, src_ranges="0-15999", dst_ranges=DST_OWN):
-    """Source owns src_ranges, destination dst_ranges (one or two ranges each)."""
+def push_stable(epoch, src, dst, src_ranges="0-15999", dst_ranges=DST_OWN, source_only=False):
+    """Source owns src_ranges, destination dst_ranges (one or two ranges each); `source_only`:
+    only the source takes the push (a destination without the module)."""
     def group(addr, ranges):
         rs = ranges.split()
         return [addr, str(len(rs)), *rs]
@@ -40,7 +41,8 @@ def push_stable(epoch, src, dst, src_ranges="0-15999", dst_ranges=DST_OWN):
     def args(me, other, mine, theirs):
         return ["UMCTL", "SETCLUSTER", "v2", str(epoch), "NOFLAG", CLUSTER,
                 *group(me.addr, mine), "PEER", *group(other.addr, theirs)]
-    for node, other, mine, theirs in ((src, dst, src_ranges, dst_ranges), (dst, src, dst_ranges, src_ranges)):
+    pushes = [(src, dst, src_ranges, dst_ranges), (dst, src, dst_ranges, src_ranges)]
+    for node, other, mine, theirs in pushes[:1] if source_only else pushes:
         with connect(node) as c:
             assert c.call(*args(node, other, mine, theirs)) == "OK"
 
@@ -645,9 +647,7 @@ def test_a_destination_without_the_module_gets_plain_restores(servers):
     command" and the mover goes on with RESTORE."""
     src = servers.start()
     dst = servers.start(with_module=False)
-    with connect(src) as r:  # only the source takes a topology
-        assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1", "0-15999",
-                      "PEER", dst.addr, "1", DST_OWN) == "OK"
+    push_stable(1, src, dst, source_only=True)
     c = src.client()
     keys = keys_in(LOW, HIGH, "plain", 300)
     for i, k in enumerate(keys):
@@ -677,12 +677,7 @@ def test_a_destination_out_of_memory_refuses_batches_and_nothing_is_lost(servers
     # A fresh server's used_memory is above 100 KB: every write is refused with OOM (noeviction).
     dst = servers.start(with_module=delivery == "import",
                         extra_args=["--maxmemory", "100kb", "--maxmemory-policy", "noeviction"])
-    if delivery == "import":
-        push_stable(1, src, dst)
-    else:
-        with connect(src) as r:  # only the source takes a topology
-            assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1",
-                          "0-15999", "PEER", dst.addr, "1", DST_OWN) == "OK"
+    push_stable(1, src, dst, source_only=delivery == "restore")
     c = src.client()
     names = keys_in(LOW, HIGH, "oom", 200)
     for k in names:
@@ -810,12 +805,7 @@ def test_a_key_the_destination_cannot_take_stays_usable_here_and_the_rest_moves(
     without umcluster, which gets one RESTORE per key."""
     src = servers.start(extra_args=["--loadmodule", umtype_module])
     dst = servers.start(with_module=delivery == "import")
-    if delivery == "import":
-        push_stable(1, src, dst)
-    else:
-        with connect(src) as r:  # only the source takes a topology
-            assert r.call("UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", CLUSTER, src.addr, "1",
-                          "0-15999", "PEER", dst.addr, "1", DST_OWN) == "OK"
+    push_stable(1, src, dst, source_only=delivery == "restore")
     c = src.client()
     strings = keys_in(LOW, HIGH, "plain", 600)
     for k in strings:
